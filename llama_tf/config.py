@@ -1,0 +1,114 @@
+"""`LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from llama_tf.feed_forward import ffn_hidden_dim
+
+__all__ = ["LlamaConfig"]
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Shape of a LLaMA model. Field names follow Meta's `ModelArgs` (`llama/model.py`).
+
+    `hidden_dim` is the SwiGLU width; left as None it follows Meta's rule from `multiple_of` and
+    `ffn_dim_multiplier` (see notebook 03). `n_kv_heads` None means multi-head attention (= `n_heads`).
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    n_kv_heads: int | None = None
+    hidden_dim: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.hidden_dim is None:
+            object.__setattr__(
+                self, "hidden_dim", ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+            )
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"LlamaConfig: dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"LlamaConfig: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim={self.head_dim} must be even for rotary embeddings")
+        if not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ValueError(
+                f"LlamaConfig: norm_eps ({self.norm_eps}) and rope_theta ({self.rope_theta}) must be positive"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def replace(self, **changes) -> LlamaConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LlamaConfig:
+        return cls(**d)
+
+    @classmethod
+    def from_meta_params(cls, params: dict, vocab_size: int | None = None) -> LlamaConfig:
+        """From Meta's `params.json`. Llama 2 writes `vocab_size: -1`; pass the embedding's row count."""
+        if params.get("use_scaled_rope"):
+            raise ValueError("params.json asks for scaled RoPE (Llama 3.1); llama_tf does not implement it yet")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in params.items() if k in known and v is not None}
+        if kwargs.get("vocab_size", -1) <= 0:
+            kwargs["vocab_size"] = vocab_size
+        return cls(**kwargs)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> LlamaConfig:
+        """From a Hugging Face `config.json` of a `LlamaForCausalLM`."""
+        if cfg.get("model_type", "llama") != "llama":
+            raise ValueError(f"config.json describes a {cfg['model_type']!r} model, not 'llama'")
+        # transformers >= 5 nests rope settings in `rope_parameters`; older versions use top-level keys.
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"config.json uses RoPE scaling {rope_type!r}; llama_tf implements plain RoPE only")
+        for flag in ("attention_bias", "mlp_bias"):
+            if cfg.get(flag):
+                raise ValueError(f"config.json sets {flag}=true; LLaMA projections have no biases")
+        n_heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim")
+        if head_dim is not None and head_dim * n_heads != cfg["hidden_size"]:
+            raise ValueError(
+                f"config.json: head_dim={head_dim} × num_attention_heads={n_heads} != hidden_size="
+                f"{cfg['hidden_size']}; llama_tf needs head_dim = hidden_size / num_attention_heads"
+            )
+        return cls(
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            vocab_size=cfg["vocab_size"],
+            hidden_dim=cfg["intermediate_size"],
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            max_seq_len=cfg.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
