@@ -59,6 +59,14 @@ class LlamaConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def num_parameters(self) -> int:
+        attention = self.dim * self.head_dim * 2 * (self.n_heads + self.n_kv_heads)  # wq, wo; wk, wv
+        feed_forward = 3 * self.dim * self.hidden_dim
+        per_layer = attention + feed_forward + 2 * self.dim                          # + two RMSNorm gains
+        embeddings = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return self.n_layers * per_layer + embeddings + self.dim                      # + final norm
+
     def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 

@@ -1,0 +1,293 @@
+"""Reading LLaMA checkpoints into a model built by `build_llama`.
+
+Two layouts are read, detected from the files present:
+
+- Meta's: `params.json` + `consolidated.00.pth` … `consolidated.NN.pth` (model-parallel shards);
+- Hugging Face's: `config.json` + `model.safetensors`, or `model-0000X-of-0000Y.safetensors` shards with
+  `model.safetensors.index.json`.
+
+Both are read into one form: a `LlamaConfig` and, under Meta's tensor names
+(`layers.0.attention.wq.weight`, …), lazy loaders of NumPy arrays in Meta's (PyTorch, `(out, in)`)
+orientation, with the q/k rows in Meta's adjacent-pair RoPE order. `assign_weights` copies them into
+the model one tensor at a time. `.pth` files are read with `torch.load(weights_only=True)`: a file that
+would need to run pickled code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from llama_tf.config import LlamaConfig
+
+__all__ = ["CheckpointError", "Checkpoint", "TensorRef", "read_checkpoint", "model_variables",
+           "model_state", "assign_weights"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, incomplete, or inconsistent with its config."""
+
+
+class TensorRef(NamedTuple):
+    source: str                      # where the tensor comes from, for error messages
+    load: Callable[[], np.ndarray]   # reads it (Meta orientation and RoPE layout)
+
+
+class Checkpoint(NamedTuple):
+    config: LlamaConfig
+    tensors: dict[str, TensorRef]    # Meta tensor name -> reference
+    directory: Path
+    format: str                      # "meta" or "hf"
+
+
+# Tensors some checkpoints carry that the model recomputes instead.
+_IGNORED = re.compile(r"(^|\.)(rope\.freqs|rotary_emb\.inv_freq)$")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Detect the layout of `path` (a directory or one weights file) and index its tensors."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    directory = path if path.is_dir() else path.parent
+    if path.suffix == ".safetensors" or (path.is_dir() and (path / "config.json").is_file()):
+        return _read_hf(path, directory)
+    if path.suffix in (".pth", ".pt") or (path.is_dir() and (path / "params.json").is_file()):
+        return _read_meta(path, directory)
+    raise CheckpointError(
+        f"{path}: not a LLaMA checkpoint llama_tf can read; expected a directory with Meta's params.json + "
+        "consolidated.*.pth, or Hugging Face's config.json + *.safetensors"
+    )
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file.name} not found beside the weights in {file.parent}")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+
+
+def _config(make: Callable[[], LlamaConfig], file: Path) -> LlamaConfig:
+    try:
+        return make()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: {e if not isinstance(e, KeyError) else f'missing key {e}'}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face: config.json + safetensors
+
+_HF_TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+           "lm_head.weight": "output.weight"}
+_HF_LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+             "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+             "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+             "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+             "post_attention_layernorm": "ffn_norm"}
+_HF_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+
+
+def _hf_to_meta_name(name: str) -> str | None:
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    match = _HF_LAYER_NAME.fullmatch(name)
+    if match and match[2] in _HF_LAYER:
+        return f"layers.{match[1]}.{_HF_LAYER[match[2]]}.weight"
+    return None
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Hugging Face stores each head's q/k rows as [all even features, all odd features] for its
+    "rotate-half" RoPE; Meta interleaves them as adjacent pairs. (out, in) HF order -> Meta order."""
+    out_dim, in_dim = w.shape
+    return w.reshape(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
+
+
+def _safetensors_keys(file: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="numpy") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def _load_safetensor(file: Path, name: str, transform: Callable | None) -> np.ndarray:
+    from safetensors import safe_open
+
+    with safe_open(file, framework="numpy") as f:
+        array = f.get_tensor(name)
+    return transform(array) if transform else array
+
+
+def _read_hf(path: Path, directory: Path) -> Checkpoint:
+    config = _config(lambda: LlamaConfig.from_hf_config(_read_json(directory / "config.json")),
+                     directory / "config.json")
+    index = directory / "model.safetensors.index.json"
+    if path.is_file():
+        files = [path]
+    elif index.is_file():
+        files = sorted({directory / f for f in _read_json(index).get("weight_map", {}).values()})
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f.name}, listed in {index.name}, not found in {directory}")
+    else:
+        files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory}: config.json but no *.safetensors weights")
+
+    tensors, unknown = {}, []
+    for file in files:
+        for hf_name in _safetensors_keys(file):
+            meta_name = _hf_to_meta_name(hf_name)
+            if meta_name is None:
+                unknown.append(hf_name)
+                continue
+            transform = None
+            if meta_name.endswith("attention.wq.weight"):
+                transform = partial(unpermute_rope_rows, n_heads=config.n_heads)
+            elif meta_name.endswith("attention.wk.weight"):
+                transform = partial(unpermute_rope_rows, n_heads=config.n_kv_heads)
+            tensors[meta_name] = TensorRef(f"{hf_name} in {file.name}", partial(_load_safetensor, file, hf_name, transform))
+    unknown = [n for n in unknown if not _IGNORED.search(n)]
+    if unknown:
+        raise CheckpointError(f"{directory}: tensors that are not part of a LLaMA model: {unknown[:3]}")
+    if config.tie_embeddings:
+        tensors.pop("output.weight", None)  # some writers store the tied matrix twice
+    return Checkpoint(config, tensors, directory, "hf")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Meta: params.json + consolidated.NN.pth
+
+def _torch_load(file: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{file}: reading Meta .pth checkpoints needs PyTorch (pip install 'llama_tf[torch]')"
+        ) from None
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1]
+        raise CheckpointError(
+            f"{file}: refused to load: it holds pickled Python objects other than tensors, which could run "
+            f"code (torch.load(weights_only=True) said: {reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def _shard_axis(name: str, shard_shape: tuple, dim: int) -> int | None:
+    """Axis along which Meta's model parallelism split `name` (None: replicated in every shard).
+    Column-parallel layers (wq, wk, wv, w1, w3, output) split their output rows; row-parallel ones (wo,
+    w2) their input columns. The embedding splits features (Llama 2) or vocabulary rows (Llama 3)."""
+    if len(shard_shape) == 1:
+        return None  # norms
+    if name == "tok_embeddings.weight":
+        return 0 if shard_shape[1] == dim else 1
+    if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+        return 1
+    return 0
+
+
+def _merge_shards(parts: list, axis: int | None) -> np.ndarray:
+    import torch
+
+    merged = parts[0] if axis is None else torch.cat(parts, dim=axis)
+    return merged.to(torch.float32).numpy()
+
+
+def _read_meta(path: Path, directory: Path) -> Checkpoint:
+    params_file = directory / "params.json"
+    params = _read_json(params_file)
+    shards = [path] if path.is_file() else sorted(directory.glob("consolidated.*.pth"))
+    if not shards:
+        raise CheckpointError(f"{directory}: params.json but no consolidated.*.pth weights")
+    states = [_torch_load(f) for f in shards]
+    names = set(states[0])
+    for shard, state in zip(shards[1:], states[1:]):
+        if set(state) != names:
+            odd = sorted(names.symmetric_difference(state))[:3]
+            raise CheckpointError(f"{shard}: holds different tensors from {shards[0].name}: {odd}")
+    if "tok_embeddings.weight" not in names:
+        raise CheckpointError(f"{shards[0]}: no tensor 'tok_embeddings.weight'")
+    dim = params.get("dim")
+    tensors = {}
+    for name in sorted(names):
+        if _IGNORED.search(name):
+            continue
+        parts = [state[name] for state in states]
+        axis = _shard_axis(name, tuple(parts[0].shape), dim) if len(parts) > 1 else None
+        source = f"{name} in {shards[0].name}" + (f" … {shards[-1].name}" if len(shards) > 1 else "")
+        tensors[name] = TensorRef(source, partial(_merge_shards, parts, axis))
+    embedding_shapes = [tuple(s["tok_embeddings.weight"].shape) for s in states]
+    rows_split = len(states) > 1 and _shard_axis("tok_embeddings.weight", embedding_shapes[0], dim) == 0
+    embedding_rows = sum(s[0] for s in embedding_shapes) if rows_split else embedding_shapes[0][0]
+    params = {"tie_embeddings": "output.weight" not in names, **params}
+    config = _config(lambda: LlamaConfig.from_meta_params(params, vocab_size=embedding_rows), params_file)
+    return Checkpoint(config, tensors, directory, "meta")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint tensors <-> Keras variables
+
+def model_variables(model, config: LlamaConfig) -> dict:
+    """Meta tensor name -> (Keras variable, whether the file stores it transposed).
+    A Keras `Dense` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`."""
+    table = {"tok_embeddings.weight": (model.get_layer("tok_embeddings").embeddings, False),
+             "norm.weight": (model.get_layer("norm").weight, False)}
+    if not config.tie_embeddings:
+        table["output.weight"] = (model.get_layer("output").kernel, True)
+    for i in range(config.n_layers):
+        block = model.get_layer(f"layers.{i}")
+        for sub, owner in (("attention", block.attention), ("feed_forward", block.feed_forward)):
+            for proj in ("wq", "wk", "wv", "wo") if sub == "attention" else ("w1", "w2", "w3"):
+                table[f"layers.{i}.{sub}.{proj}.weight"] = (getattr(owner, proj).kernel, True)
+        table[f"layers.{i}.attention_norm.weight"] = (block.attention_norm.weight, False)
+        table[f"layers.{i}.ffn_norm.weight"] = (block.ffn_norm.weight, False)
+    return table
+
+
+def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
+    """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds)."""
+    return {name: np.asarray(var).T if transposed else np.asarray(var)
+            for name, (var, transposed) in model_variables(model, config).items()}
+
+
+def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef], progress: bool | None = None):
+    """Copy checkpoint tensors into the model, checking that every tensor is present with its config's shape."""
+    table = model_variables(model, config)
+    missing = [name for name in table if name not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint has no tensor {missing[0]!r}{more}")
+    unused = sorted(set(tensors) - set(table))
+    if unused:
+        raise CheckpointError(f"checkpoint has tensors a model with this config does not use: {unused[:3]}")
+    if progress is None:
+        progress = config.num_parameters > 200_000_000
+    for name, (variable, transposed) in tqdm(table.items(), desc="loading weights", unit="tensor",
+                                              disable=not progress):
+        ref = tensors[name]
+        array = ref.load()
+        expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
+        if tuple(array.shape) != expected:
+            raise CheckpointError(
+                f"tensor {name!r} ({ref.source}) has shape {tuple(array.shape)}, but the config "
+                f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
+                f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
+            )
+        variable.assign(np.asarray(array.T if transposed else array, dtype=variable.dtype))
