@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['Tokenizer', 'show_tokens']
 
-# %% ../notebooks/01_tokenizer.ipynb #411ec77a
+# %% ../notebooks/01_tokenizer.ipynb #8ba5d074
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-# %% ../notebooks/01_tokenizer.ipynb #2f6a87e9
+# %% ../notebooks/01_tokenizer.ipynb #5d6e0659
 class Tokenizer:
     """LLaMA's SentencePiece tokenizer as TensorFlow ops.
 
@@ -39,6 +39,10 @@ class Tokenizer:
         self._sp = tf_text.SentencepieceTokenizer(
             model=proto, out_type=tf.int32, add_bos=add_bos, add_eos=add_eos
         )
+        # For `detokenize`: ids that decode to nothing, and a piece that decodes to one ASCII letter.
+        self._control_ids = tf.constant([i for i in range(self.vocab_size) if processor.is_control(i)], tf.int32)
+        self._sentinel_id = next(i for i in range(self.vocab_size)
+                                 if len(p := processor.id_to_piece(i)) == 1 and p.isascii() and p.isalpha())
 
     def tokenize(self, text):
         "str -> int32 ids (1-D); list/1-D tensor of str -> `tf.RaggedTensor` (batch, None)."
@@ -48,11 +52,32 @@ class Tokenizer:
         "ids -> str (1-D ids) or list of str (a batch); a `tf.string` tensor inside a graph."
         if isinstance(ids, (list, tuple)) and ids and not np.isscalar(ids[0]):
             ids = tf.ragged.constant(ids, dtype=tf.int32)
-        text = self._sp.detokenize(ids)
+        ids = tf.cast(ids, tf.int32) if isinstance(ids, tf.RaggedTensor) else tf.convert_to_tensor(ids, tf.int32)
+        if ids.shape.rank == 1:
+            text = self._decode(tf.RaggedTensor.from_tensor(ids[None]))[0]
+        else:
+            text = self._decode(ids if isinstance(ids, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(ids))
         if not tf.executing_eagerly():
             return text
         text = text.numpy()  # bytes for one sequence, an array of bytes for a batch
         return text.decode() if isinstance(text, bytes) else [t.decode() for t in text]
+
+    def _decode(self, ids: tf.RaggedTensor):
+        "(batch, None) ids -> (batch,) strings, decoded as the current SentencePiece library does."
+        # tensorflow_text's SentencePiece strips the "▁" of *every* leading piece until one yields text,
+        # so " y" (pieces "▁", "▁y") came back as "y". The library strips only the dummy-prefix "▁" of the
+        # first piece. A leading one-letter sentinel stops the stripping; we then remove the sentinel and
+        # the one dummy-prefix space ourselves.
+        sentinel = tf.fill([ids.nrows(), 1], self._sentinel_id)
+        text = self._sp.detokenize(tf.concat([sentinel, ids], axis=1))
+        is_text = tf.reduce_all(ids[..., None] != self._control_ids, axis=-1)
+        first_piece = self._sp.id_to_string(
+            tf.concat([tf.ragged.boolean_mask(ids, is_text), sentinel], axis=1).to_tensor()[:, 0]
+        )
+        dummy_prefix = tf.strings.substr(first_piece, 0, 3) == "▁"  # 3 bytes in UTF-8
+        length = tf.strings.length(text)
+        start = tf.minimum(1 + tf.cast(dummy_prefix, tf.int32), length)
+        return tf.strings.substr(text, start, length - start)
 
     def id_to_string(self, ids):
         "The piece for an id (str), or for each id in a list."
@@ -62,7 +87,7 @@ class Tokenizer:
     def __repr__(self):
         return f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
-# %% ../notebooks/01_tokenizer.ipynb #e6182f59
+# %% ../notebooks/01_tokenizer.ipynb #85ff64d0
 def show_tokens(tokenizer: Tokenizer, text: str):
     "Print each token of `text` as `id piece`, one per line."
     ids = tokenizer.tokenize(text).numpy().tolist()

@@ -1,0 +1,157 @@
+"""Reference models and checkpoint writers for the tests: Hugging Face `transformers` on random weights,
+and Meta's layout written the way Meta's model parallelism splits tensors."""
+
+import codecs
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from conftest import require
+
+VOCAB = 384
+
+
+def train_tiny_tokenizer() -> bytes:
+    spm = require("sentencepiece")
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen of Python
+        import this
+    zen = codecs.decode(this.s, "rot13")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(zen.splitlines() * 4), model_writer=model, vocab_size=VOCAB,
+        model_type="bpe", byte_fallback=True, split_digits=True, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def hf_model(seed=0, round_to=None, **config):
+    """A random float32 `LlamaForCausalLM`; norm gains are randomised too so that none of them is a no-op.
+    `round_to` ("float16", "bfloat16") rounds every weight to that precision, keeping float32 storage
+    (casting the module itself would also round its RoPE frequency buffer)."""
+    torch = require("torch")
+    transformers = require("transformers")
+    settings = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, vocab_size=VOCAB, max_position_embeddings=256,
+                    rms_norm_eps=1e-5, initializer_range=0.08)
+    settings.update(config)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            if round_to is not None:
+                p.copy_(p.to(getattr(torch, round_to)).float())
+    return model
+
+
+def half_copy(model, dtype):
+    "A copy of `model` stored in `dtype`, for writing half-precision checkpoint files."
+    return copy.deepcopy(model).to(getattr(require("torch"), dtype))
+
+
+def hf_logits(model, ids) -> np.ndarray:
+    torch = require("torch")
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.numpy()
+
+
+def write_hf(model, directory: Path, tokenizer_proto: bytes, **save_kwargs) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, **save_kwargs)
+    (directory / "tokenizer.model").write_bytes(tokenizer_proto)
+    return directory
+
+
+def _hf_to_meta_rows(w, n_heads):
+    """Inverse of the `permute` in transformers' convert_llama_weights_to_hf.py, which maps Meta's
+    interleaved RoPE pairs to rotate-half order: view (heads, dim/heads/2, 2, in), transpose(1, 2)."""
+    out_dim, in_dim = w.shape
+    return w.reshape(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+_META_NAMES = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+               "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+               "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+               "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+               "post_attention_layernorm": "ffn_norm"}
+
+
+def meta_state(model) -> dict:
+    """The HF model's weights under Meta's names and RoPE layout (torch tensors, model dtype)."""
+    cfg = model.config
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "model.embed_tokens.weight":
+            state["tok_embeddings.weight"] = tensor
+        elif name == "model.norm.weight":
+            state["norm.weight"] = tensor
+        elif name == "lm_head.weight":
+            if not cfg.tie_word_embeddings:
+                state["output.weight"] = tensor
+        else:
+            _, _, i, rest = name.split(".", 3)
+            module = rest.removesuffix(".weight")
+            if module == "self_attn.q_proj":
+                tensor = _hf_to_meta_rows(tensor, cfg.num_attention_heads)
+            elif module == "self_attn.k_proj":
+                tensor = _hf_to_meta_rows(tensor, cfg.num_key_value_heads)
+            state[f"layers.{i}.{_META_NAMES[module]}.weight"] = tensor
+    return state
+
+
+def _meta_split_axis(name, embedding_axis):
+    """How Meta's fairscale layers shard a tensor: ColumnParallelLinear (wq, wk, wv, w1, w3, output)
+    splits dim 0, RowParallelLinear (wo, w2) dim 1, ParallelEmbedding dim 1 (Llama 2) or
+    VocabParallelEmbedding dim 0 (Llama 3); RMSNorm gains are replicated."""
+    if name.endswith("norm.weight"):
+        return None
+    if name == "tok_embeddings.weight":
+        return embedding_axis
+    if name.endswith(("wo.weight", "w2.weight")):
+        return 1
+    return 0
+
+
+def write_meta(model, directory: Path, tokenizer_proto: bytes, n_shards=1, embedding_axis=1) -> Path:
+    torch = require("torch")
+    cfg = model.config
+    directory.mkdir(parents=True, exist_ok=True)
+    state = meta_state(model)
+    for shard in range(n_shards):
+        part = {}
+        for name, tensor in state.items():
+            axis = _meta_split_axis(name, embedding_axis)
+            part[name] = tensor.clone() if axis is None else torch.chunk(tensor, n_shards, dim=axis)[shard].clone()
+        torch.save(part, directory / f"consolidated.{shard:02d}.pth")
+    params = {"dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
+              "n_kv_heads": cfg.num_key_value_heads, "vocab_size": -1, "multiple_of": 4,
+              "norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_parameters["rope_theta"]}
+    (directory / "params.json").write_text(json.dumps(params))
+    # Meta's downloads keep tokenizer.model one level above the weights.
+    (directory.parent / "tokenizer.model").write_bytes(tokenizer_proto)
+    return directory
+
+
+def max_relative_error(ours, reference) -> float:
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
+
+
+def stored_dtypes(directory: Path) -> set[str]:
+    "The dtypes of the tensors in a checkpoint folder's weight files, as torch names them."
+    torch = require("torch")
+    from safetensors.torch import load_file
+
+    dtypes = set()
+    for file in directory.glob("*.safetensors"):
+        dtypes |= {str(t.dtype).removeprefix("torch.") for t in load_file(file).values()}
+    for file in directory.glob("*.pth"):
+        dtypes |= {str(t.dtype).removeprefix("torch.") for t in torch.load(file, weights_only=True).values()}
+    return dtypes

@@ -1,0 +1,228 @@
+"""Bad input gets an error that names the problem, and loses nothing: checkpoints, tokenizers, generation."""
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+import llama_tf
+from llama_tf import CheckpointError
+from conftest import require
+from reference import hf_model, write_hf, write_meta
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hf_model(num_key_value_heads=2)
+
+
+@pytest.fixture
+def hf_dir(model, tmp_path, tiny_tokenizer_proto):
+    return write_hf(model, tmp_path / "hf", tiny_tokenizer_proto)
+
+
+@pytest.fixture
+def meta_dir(model, tmp_path, tiny_tokenizer_proto):
+    return write_meta(model, tmp_path / "meta" / "tiny", tiny_tokenizer_proto)
+
+
+def truncate(file, fraction=0.5):
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nowhere"):
+        llama_tf.load(tmp_path / "nowhere")
+
+
+def test_folder_that_is_no_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a LLaMA checkpoint.*params.json.*config.json"):
+        llama_tf.load(tmp_path)
+
+
+def test_no_path_and_no_environment_variable(monkeypatch):
+    monkeypatch.delenv("LLAMA_TF_WEIGHTS", raising=False)
+    with pytest.raises(ValueError, match="LLAMA_TF_WEIGHTS"):
+        llama_tf.load()
+
+
+def test_environment_variable_names_the_checkpoint(monkeypatch, hf_dir):
+    monkeypatch.setenv("LLAMA_TF_WEIGHTS", str(hf_dir))
+    assert llama_tf.load().config.dim == 64
+
+
+def test_missing_tensor_is_named(hf_dir):
+    from safetensors.numpy import load_file, save_file
+
+    file = hf_dir / "model.safetensors"
+    tensors = load_file(file)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"no tensor 'layers\.1\.feed_forward\.w3\.weight'"):
+        llama_tf.load(hf_dir)
+
+
+def test_shape_disagreeing_with_config_names_both(hf_dir):
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["intermediate_size"] = 128
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"layers\.0\.feed_forward\.w1\.weight.*gate_proj.*\(172, 64\).*expects \(128, 64\)"):
+        llama_tf.load(hf_dir)
+
+
+def test_tensor_that_llama_does_not_have(hf_dir):
+    from safetensors.numpy import load_file, save_file
+
+    file = hf_dir / "model.safetensors"
+    tensors = load_file(file)
+    tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, "float32")
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not part of a LLaMA model.*q_proj.bias"):
+        llama_tf.load(hf_dir)
+
+
+def test_truncated_safetensors(hf_dir):
+    truncate(hf_dir / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        llama_tf.load(hf_dir)
+
+
+def test_missing_shard_listed_in_index(model, tmp_path, tiny_tokenizer_proto):
+    directory = write_hf(model, tmp_path / "hf", tiny_tokenizer_proto, max_shard_size="60KB")
+    victim = sorted(directory.glob("model-*.safetensors"))[-1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=f"{victim.name}, listed in model.safetensors.index.json"):
+        llama_tf.load(directory)
+
+
+def test_truncated_pth(meta_dir):
+    truncate(meta_dir / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match="consolidated.00.pth: not a readable PyTorch checkpoint"):
+        llama_tf.load(meta_dir)
+
+
+class _RunsCode:
+    "Unpickling this runs a shell command: what a hostile checkpoint would do."
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pth_that_would_run_code_is_refused(meta_dir, tmp_path):
+    torch = require("torch")
+    marker = tmp_path / "pwned"
+    state = torch.load(meta_dir / "consolidated.00.pth", weights_only=True)
+    state["norm.weight"] = _RunsCode(marker)
+    torch.save(state, meta_dir / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match="refused to load.*pickled Python objects"):
+        llama_tf.load(meta_dir)
+    assert not marker.exists()
+
+
+def test_shards_with_different_tensors(model, tmp_path, tiny_tokenizer_proto):
+    torch = require("torch")
+    directory = write_meta(model, tmp_path / "meta" / "tiny", tiny_tokenizer_proto, n_shards=2)
+    shard = torch.load(directory / "consolidated.01.pth", weights_only=True)
+    del shard["layers.1.ffn_norm.weight"]
+    torch.save(shard, directory / "consolidated.01.pth")
+    with pytest.raises(CheckpointError, match=r"consolidated.01.pth: holds different tensors.*layers\.1\.ffn_norm"):
+        llama_tf.load(directory)
+
+
+def test_params_json_that_is_not_json(meta_dir):
+    (meta_dir / "params.json").write_text("{dim: 64,")
+    with pytest.raises(CheckpointError, match="params.json: not valid JSON"):
+        llama_tf.load(meta_dir)
+
+
+def test_params_json_missing_a_field(meta_dir):
+    params = json.loads((meta_dir / "params.json").read_text())
+    del params["n_heads"]
+    (meta_dir / "params.json").write_text(json.dumps(params))
+    with pytest.raises(CheckpointError, match="params.json:.*n_heads"):
+        llama_tf.load(meta_dir)
+
+
+def test_unsupported_rope_scaling_is_named(hf_dir):
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json: .*RoPE scaling 'llama3'"):
+        llama_tf.load(hf_dir)
+
+
+def test_missing_tokenizer(hf_dir):
+    (hf_dir / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model in .* pass tokenizer="):
+        llama_tf.load(hf_dir)
+
+
+def test_tokenizer_can_be_given(hf_dir, tmp_path):
+    shutil.move(hf_dir / "tokenizer.model", tmp_path / "elsewhere.model")
+    assert llama_tf.load(hf_dir, tokenizer=tmp_path / "elsewhere.model").tokenizer.vocab_size <= 384
+
+
+def test_tokenizer_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="SentencePiece model not found"):
+        llama_tf.Tokenizer(tmp_path / "missing.model")
+    (tmp_path / "junk.model").write_bytes(b"definitely not a protobuf")
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        llama_tf.Tokenizer(tmp_path / "junk.model")
+
+
+@pytest.fixture(scope="module")
+def llm(model, tmp_path_factory, tiny_tokenizer_proto):
+    return llama_tf.load(write_hf(model, tmp_path_factory.mktemp("llm"), tiny_tokenizer_proto), max_seq_len=32)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "10", True, None])
+def test_invalid_max_new_tokens(llm, value):
+    with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer"):
+        llm.generate("Simple is better", max_new_tokens=value)
+
+
+def test_prompt_longer_than_the_context(llm):
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens, longer than the model's context of 32"):
+        llm.generate("Beautiful is better than ugly. " * 10)
+
+
+def test_generation_stops_when_the_context_is_full(llm):
+    prompt = llm.tokenizer.tokenize("Beautiful is better than ugly.").numpy().tolist()
+    assert len(prompt) + len(llm.generate_ids(prompt, max_new_tokens=100)) <= 32
+
+
+def test_generation_stops_at_eos(llm):
+    "With a model that always prefers EOS, generation ends right after the first one."
+    def prefers_eos(ids, training=False):
+        logits = np.zeros((*np.shape(ids), llm.config.vocab_size), "float32")
+        logits[..., llm.tokenizer.eos_id] = 1.0
+        return logits
+
+    stub = dataclasses.replace(llm, model=prefers_eos)
+    assert stub.generate_ids([1, 100, 101], max_new_tokens=10) == [llm.tokenizer.eos_id]
+
+
+def test_continuation_reads_on_from_the_prompt(llm):
+    "prompt + generate(prompt) is the decoding of all the ids: no space lost between the two."
+    prompt = "Errors should never pass"
+    prompt_ids = llm.tokenizer.tokenize(prompt).numpy().tolist()
+    new_ids = llm.generate_ids(prompt_ids, 8)
+    assert len(new_ids) == 8
+    assert prompt + llm.generate(prompt, 8) == llm.tokenizer.detokenize(prompt_ids + new_ids)
+    assert llm.generate(prompt, 0) == ""
+
+
+def test_pickle_is_never_used_for_safetensors(hf_dir, monkeypatch):
+    "Loading Hugging Face weights reads safetensors only: unpickling anything is an error here."
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle.loads called"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
+    llama_tf.load(hf_dir)
