@@ -4,15 +4,30 @@ Modules:
 
 - `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`."""
 
+import importlib
+
 __version__ = "0.1.0"
 
-from llama_tf.attention import Attention, apply_rope, causal_mask, rope_angles
-from llama_tf.config import LlamaConfig
-from llama_tf.feed_forward import FeedForward, ffn_hidden_dim
-from llama_tf.rms_norm import RMSNorm
-from llama_tf.tokenizer import Tokenizer, show_tokens
-from llama_tf.transformer_block import TransformerBlock
-from llama_tf.model import TokenEmbedding, build_llama
-from llama_tf import checkpoint
-from llama_tf.checkpoint import CheckpointError
-from llama_tf.llm import LLM, load
+_EXPORTS = {
+    "Tokenizer": "tokenizer", "show_tokens": "tokenizer",
+    "RMSNorm": "rms_norm",
+    "FeedForward": "feed_forward", "ffn_hidden_dim": "feed_forward",
+    "Attention": "attention", "apply_rope": "attention", "causal_mask": "attention", "rope_angles": "attention",
+    "TransformerBlock": "transformer_block",
+    "TokenEmbedding": "model", "build_llama": "model",
+    "LlamaConfig": "config",
+    "CheckpointError": "checkpoint",
+    "LLM": "llm", "load": "llm", "DEFAULT_WEIGHTS": "llm",
+    "evaluate": "evaluation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"llama_tf.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'llama_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,12 +10,13 @@ Both are read into one form: a `LlamaConfig` and, under Meta's tensor names
 (`layers.0.attention.wq.weight`, …), lazy loaders of NumPy arrays in Meta's (PyTorch, `(out, in)`)
 orientation, with the q/k rows in Meta's adjacent-pair RoPE order. `assign_weights` copies them into
 the model one tensor at a time. `.pth` files are read with `torch.load(weights_only=True)`: a file that
-would need to run pickled code is refused.
+would need to run pickled code is refused. `save_hf_checkpoint` writes a model in Hugging Face's layout.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from llama_tf.config import LlamaConfig
 
 __all__ = ["CheckpointError", "Checkpoint", "TensorRef", "read_checkpoint", "model_variables",
-           "model_state", "assign_weights"]
+           "model_state", "assign_weights", "save_hf_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -111,6 +112,12 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     "rotate-half" RoPE; Meta interleaves them as adjacent pairs. (out, in) HF order -> Meta order."""
     out_dim, in_dim = w.shape
     return w.reshape(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
+
+
+def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    "Meta's adjacent-pair q/k rows -> Hugging Face's rotate-half order (inverse of `unpermute_rope_rows`)."
+    out_dim, in_dim = w.shape
+    return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
 
 
 def _safetensors_keys(file: Path) -> list[str]:
@@ -291,3 +298,70 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
                 f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
             )
         variable.assign(np.asarray(array.T if transposed else array, dtype=variable.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing: Hugging Face layout
+
+_HF_NAME = {meta: hf for hf, meta in _HF_TOP.items()}
+_HF_LAYER_OF = {meta: hf for hf, meta in _HF_LAYER.items()}
+
+
+def _meta_to_hf_name(name: str) -> str:
+    if name in _HF_NAME:
+        return _HF_NAME[name]
+    _, i, module = name.removesuffix(".weight").split(".", 2)   # layers, 3, attention.wq
+    return f"model.layers.{i}.{_HF_LAYER_OF[module]}.weight"
+
+
+def hf_config(config: LlamaConfig, dtype: str = "float32") -> dict:
+    "A Hugging Face `config.json` for `LlamaForCausalLM` describing `config`."
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": config.dim, "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size, "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,  # transformers < 5 reads this key, >= 5 the next one
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "max_position_embeddings": config.max_seq_len, "tie_word_embeddings": config.tie_embeddings,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype,
+    }
+
+
+def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",
+                       tokenizer_model: bytes | None = None) -> Path:
+    """Write `model` as `config.json` + `model.safetensors` (+ `tokenizer.model`), readable by
+    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained`. Every file is written under a
+    temporary name first and renamed into place only when all are complete, so an interrupted save never
+    leaves a half-written checkpoint."""
+    import ml_dtypes
+    from safetensors.numpy import save
+
+    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    tensors = {}
+    for name, w in model_state(model, config).items():
+        if name.endswith("attention.wq.weight"):
+            w = permute_rope_rows(w, config.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            w = permute_rope_rows(w, config.n_kv_heads)
+        tensors[_meta_to_hf_name(name)] = np.ascontiguousarray(w.astype(np_dtype))
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = {
+        "model.safetensors": lambda f: f.write_bytes(save(tensors, metadata={"format": "pt"})),
+        "config.json": lambda f: f.write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n"),
+    }
+    if tokenizer_model is not None:
+        writers["tokenizer.model"] = lambda f: f.write_bytes(tokenizer_model)
+    temporary = {name: directory / f".{name}.{os.getpid()}.partial" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(temporary[name])
+        for name, partial_file in temporary.items():
+            os.replace(partial_file, directory / name)
+    finally:
+        for partial_file in temporary.values():
+            partial_file.unlink(missing_ok=True)
+    return directory

@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['TokenEmbedding', 'build_llama']
 
-# %% ../notebooks/06_llama.ipynb #a83eb8f5
+# %% ../notebooks/06_llama.ipynb #733e926e
 import keras
 from keras import ops
 
@@ -11,7 +11,7 @@ from .config import LlamaConfig
 from .rms_norm import RMSNorm
 from .transformer_block import TransformerBlock
 
-# %% ../notebooks/06_llama.ipynb #17587222
+# %% ../notebooks/06_llama.ipynb #bf0c2a9d
 @keras.saving.register_keras_serializable(package="llama_tf")
 class TokenEmbedding(keras.layers.Layer):
     """Token embedding table; called with `reverse=True` it maps hidden states to vocabulary logits
@@ -33,15 +33,16 @@ class TokenEmbedding(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
-# %% ../notebooks/06_llama.ipynb #46228112
-def build_llama(config: LlamaConfig, dtype: str = "float32", name: str = "llama") -> keras.Model:
-    "A functional `keras.Model`: int32 token ids (batch, seq) -> float32 logits (batch, seq, vocab)."
+# %% ../notebooks/06_llama.ipynb #03fe30d6
+def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.0, name: str = "llama") -> keras.Model:
+    """A functional `keras.Model`: int32 token ids (batch, seq) -> float32 logits (batch, seq, vocab).
+    `dropout` is for training (see `TransformerBlock`)."""
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     embedding = TokenEmbedding(config.vocab_size, config.dim, name="tok_embeddings", dtype=dtype)
     h = embedding(token_ids)
     for i in range(config.n_layers):
         h = TransformerBlock(config.dim, config.n_heads, config.n_kv_heads, config.hidden_dim,
-                             config.norm_eps, config.rope_theta, name=f"layers.{i}", dtype=dtype)(h)
+                             config.norm_eps, config.rope_theta, dropout, name=f"layers.{i}", dtype=dtype)(h)
     h = RMSNorm(config.norm_eps, name="norm", dtype=dtype)(h)
     if config.tie_embeddings:
         logits = embedding(h, reverse=True)

@@ -3,37 +3,42 @@
 # %% auto #0
 __all__ = ['TransformerBlock']
 
-# %% ../notebooks/05_transformer_block.ipynb #c15ff8ea
+# %% ../notebooks/05_transformer_block.ipynb #049eb474
 import keras
 
 from .attention import Attention
 from .feed_forward import FeedForward
 from .rms_norm import RMSNorm
 
-# %% ../notebooks/05_transformer_block.ipynb #7e8a3b56
+# %% ../notebooks/05_transformer_block.ipynb #19d0ea82
 @keras.saving.register_keras_serializable(package="llama_tf")
 class TransformerBlock(keras.layers.Layer):
-    """Pre-norm residual block: attention, then SwiGLU feed-forward, each behind an RMSNorm."""
+    """Pre-norm residual block: attention, then SwiGLU feed-forward, each behind an RMSNorm.
+
+    `dropout` (training only; LLaMA itself uses none) drops units of each branch before it is added
+    to the residual stream."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None, hidden_dim: int,
-                 norm_eps: float = 1e-5, rope_theta: float = 10000.0, **kwargs):
+                 norm_eps: float = 1e-5, rope_theta: float = 10000.0, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads or n_heads
-        self.hidden_dim, self.norm_eps, self.rope_theta = hidden_dim, norm_eps, rope_theta
+        self.hidden_dim, self.norm_eps, self.rope_theta, self.dropout = hidden_dim, norm_eps, rope_theta, dropout
         policy = self.dtype_policy
         self.attention_norm = RMSNorm(norm_eps, name="attention_norm", dtype=policy)
         self.attention = Attention(dim, n_heads, self.n_kv_heads, rope_theta, name="attention", dtype=policy)
         self.ffn_norm = RMSNorm(norm_eps, name="ffn_norm", dtype=policy)
         self.feed_forward = FeedForward(dim, hidden_dim, name="feed_forward", dtype=policy)
+        self.branch_dropout = keras.layers.Dropout(dropout, name="branch_dropout")
 
     def build(self, input_shape):
         for sublayer in (self.attention_norm, self.attention, self.ffn_norm, self.feed_forward):
             sublayer.build(input_shape)
 
-    def call(self, x):
-        h = x + self.attention(self.attention_norm(x))
-        return h + self.feed_forward(self.ffn_norm(h))
+    def call(self, x, training=None):
+        h = x + self.branch_dropout(self.attention(self.attention_norm(x)), training=training)
+        return h + self.branch_dropout(self.feed_forward(self.ffn_norm(h)), training=training)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
-                "hidden_dim": self.hidden_dim, "norm_eps": self.norm_eps, "rope_theta": self.rope_theta}
+                "hidden_dim": self.hidden_dim, "norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
+                "dropout": self.dropout}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import llama_tf
+import llama_tf.checkpoint
 from reference import half_copy, hf_logits, hf_model, max_relative_error, stored_dtypes, write_hf, write_meta
 
 TOLERANCE = 1e-4
@@ -93,3 +94,35 @@ def test_single_weights_file_path(case, token_ids):
     _, model, directory = case
     llm = llama_tf.load(directory / "model.safetensors")
     assert max_relative_error(llm.model(token_ids), hf_logits(model, token_ids)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_written_checkpoint_loads_in_transformers(case, token_ids, tmp_path, dtype):
+    "save_hf_checkpoint writes what transformers itself reads, with the same logits."
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    _, _, directory = case
+    llm = llama_tf.load(directory)
+    written = llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written", dtype=dtype,
+                                                     tokenizer_model=llm.tokenizer.model_proto)
+    reference = transformers.LlamaForCausalLM.from_pretrained(written, dtype=torch.float32).eval()
+    tolerance = TOLERANCE if dtype == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    assert max_relative_error(llm.model(token_ids), hf_logits(reference, token_ids)) <= tolerance
+    reloaded = llama_tf.load(written)
+    assert reloaded.config == llm.config
+    assert max_relative_error(reloaded.model(token_ids), hf_logits(reference, token_ids)) <= TOLERANCE
+
+
+def test_interrupted_save_leaves_no_files(case, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    _, _, directory = case
+    llm = llama_tf.load(directory)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -1,0 +1,296 @@
+"""Train a small LLaMA with Keras, the way the shipped default model was trained.
+
+    python -m llama_tf.train prepare --text ../shared/data/tinyshakespeare.txt --out build/shakespeare
+    python -m llama_tf.train fit --data build/shakespeare --out weights/shakespeare [hyper-parameters]
+    python -m llama_tf.train plot weights/shakespeare
+
+`prepare` (TensorFlow) splits the text (the last 10% is held out and never trained on), trains a
+SentencePiece BPE tokenizer on the training split, and tokenizes each split in a `tf.data` pipeline with
+`llama_tf.Tokenizer`. `fit` runs on any Keras 3 backend (the shipped model was trained with JAX on a GPU):
+random windows of the training tokens, AdamW with warmup + cosine decay and gradient clipping, the best
+checkpoint by validation loss written as safetensors (Hugging Face layout) with its tokenizer, a log and
+the loss history. `plot` draws that history. Every hyper-parameter is a command-line option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOKENIZER_FILE = "tokenizer.model"
+SPLITS = ("train", "valid", "heldout")
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare
+
+def split_text(text: str, held_out: float, valid: float) -> dict[str, str]:
+    "train | valid | heldout by characters: the last `held_out` of the text, and `valid` of what precedes it."
+    end_train = int(len(text) * (1 - held_out))
+    end_fit = int(end_train * (1 - valid))
+    return {"train": text[:end_fit], "valid": text[end_fit:end_train], "heldout": text[end_train:]}
+
+
+def train_tokenizer(text: str, vocab_size: int) -> bytes:
+    """SentencePiece BPE, LLaMA's options: byte fallback, digits split, <unk>/<s>/</s> = 0/1/2, no
+    normalization, whitespace-only pieces. One departure: no dummy-prefix space, so a line start ("ROMEO:")
+    is tokenized the same inside the corpus and at the start of a prompt. Newlines never enter a piece
+    (training sees lines), so a text tokenizes the same whole or line by line."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=2, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def token_stream(tokenizer, text: str, lines_per_batch: int = 1024) -> np.ndarray:
+    "All token ids of `text` (no BOS), tokenized line by line in a tf.data pipeline."
+    import tensorflow as tf
+
+    lines = tf.data.Dataset.from_tensor_slices(text.splitlines(keepends=True))
+    ds = lines.batch(lines_per_batch).map(tokenizer.tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+    return np.concatenate([batch.flat_values.numpy() for batch in ds])
+
+
+def prepare(args):
+    from llama_tf.tokenizer import Tokenizer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = split_text(Path(args.text).read_text(), args.held_out, args.valid)
+    proto = train_tokenizer(splits["train"] + splits["valid"], args.vocab_size)
+    (out / TOKENIZER_FILE).write_bytes(proto)
+    tokenizer = Tokenizer(proto, add_bos=False)
+    stats = {"text": str(args.text), "vocab_size": tokenizer.vocab_size,
+             "held_out_fraction": args.held_out, "valid_fraction": args.valid}
+    for name, part in splits.items():
+        ids = token_stream(tokenizer, part)
+        np.save(out / f"{name}.npy", ids.astype(np.uint16 if tokenizer.vocab_size <= 65536 else np.int32))
+        stats[name] = {"characters": len(part), "tokens": int(len(ids)), "chars_per_token": len(part) / len(ids)}
+    (out / "prepare.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print(json.dumps(stats, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# fit
+
+def _windows_dataset(keras):
+    class RandomWindows(keras.utils.PyDataset):
+        """Batches of random windows of the token stream: inputs BOS + t[i : i+T-1], targets t[i : i+T]."""
+
+        def __init__(self, ids, bos_id, seq_len, batch_size, steps, seed):
+            super().__init__()
+            self.ids, self.bos_id, self.seq_len = ids.astype(np.int32), bos_id, seq_len
+            self.batch_size, self.steps = batch_size, steps
+            self.rng = np.random.default_rng(seed)
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, index):
+            starts = self.rng.integers(0, len(self.ids) - self.seq_len, size=self.batch_size)
+            targets = np.stack([self.ids[s : s + self.seq_len] for s in starts])
+            inputs = np.concatenate([np.full((self.batch_size, 1), self.bos_id, np.int32), targets[:, :-1]], axis=1)
+            return inputs, targets
+
+    return RandomWindows
+
+
+def fixed_windows(ids, bos_id, seq_len):
+    "Consecutive non-overlapping windows, for validation: (inputs, targets), each (n, seq_len)."
+    n = (len(ids) - 1) // seq_len
+    targets = ids[: n * seq_len].astype(np.int32).reshape(n, seq_len)
+    inputs = np.concatenate([np.full((n, 1), bos_id, np.int32), targets[:, :-1]], axis=1)
+    return inputs, targets
+
+
+class Log:
+    "Prints and appends to the training log."
+
+    def __init__(self, path: Path):
+        self.file = path.open("w")
+
+    def __call__(self, *parts):
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+
+def fit(args):
+    import keras
+
+    from llama_tf.checkpoint import save_hf_checkpoint
+    from llama_tf.config import LlamaConfig
+    from llama_tf.evaluation import Evaluation, score_ids
+    from llama_tf.model import build_llama
+
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "training.log")
+    stats = json.loads((data / "prepare.json").read_text())
+    tokenizer_proto = (data / TOKENIZER_FILE).read_bytes()
+    ids = {name: np.load(data / f"{name}.npy") for name in SPLITS}
+    bos_id = 1
+
+    keras.utils.set_random_seed(args.seed)
+    config = LlamaConfig(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                         vocab_size=stats["vocab_size"], hidden_dim=args.hidden_dim, max_seq_len=args.seq_len,
+                         tie_embeddings=args.tie_embeddings, rope_theta=args.rope_theta, norm_eps=args.norm_eps)
+    model = build_llama(config, dropout=args.dropout, name="llama")
+    log("command:", "python -m llama_tf.train", " ".join(sys.argv[1:]))
+    log("keras", keras.__version__, "backend", keras.backend.backend(), "python", platform.python_version(),
+        "devices", _devices(keras))
+    log("config:", json.dumps(config.to_dict()))
+    log(f"parameters: {config.num_parameters:,}  training tokens: {len(ids['train']):,}  "
+        f"validation tokens: {len(ids['valid']):,}")
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=args.lr, warmup_steps=args.warmup_steps,
+        decay_steps=args.steps - args.warmup_steps, alpha=args.min_lr / args.lr)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay, beta_1=0.9,
+                                       beta_2=args.beta2, global_clipnorm=args.clip_norm)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) == 1])
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    RandomWindows = _windows_dataset(keras)
+    train = RandomWindows(ids["train"], bos_id, args.seq_len, args.batch_size, args.eval_every, args.seed)
+    valid = fixed_windows(ids["valid"], bos_id, args.seq_len)
+    valid_chars_per_token = stats["valid"]["chars_per_token"]
+
+    class SaveBest(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.history, self.start = math.inf, [], time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            step = (epoch + 1) * args.eval_every
+            row = {"step": step, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"]),
+                   "val_nats_per_char": float(logs["val_loss"]) / valid_chars_per_token,
+                   "seconds": round(time.time() - self.start, 1)}
+            self.history.append(row)
+            improved = row["val_loss"] < self.best
+            if improved:
+                self.best = row["val_loss"]
+                save_hf_checkpoint(self.model, config, out, dtype=args.save_dtype, tokenizer_model=tokenizer_proto)
+            log(f"step {step:>6}  loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val {row['val_nats_per_char']:.4f} nats/char  {row['seconds']:>7.1f} s" + ("  saved" if improved else ""))
+            (out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+
+    saver = SaveBest()
+    model.fit(train, epochs=args.steps // args.eval_every, validation_data=valid, batch_size=args.batch_size,
+              callbacks=[saver], verbose=args.verbose)
+    log(f"training took {time.time() - saver.start:.0f} s; best val_loss {saver.best:.4f}")
+
+    # The held-out split, scored once at the end with the saved (best, stored-precision) weights.
+    from llama_tf.checkpoint import assign_weights, read_checkpoint
+
+    best = read_checkpoint(out)
+    final = build_llama(best.config)
+    assign_weights(final, best.config, best.tensors)
+    result = Evaluation(score_ids(final, ids["heldout"], bos_id, args.seq_len), len(ids["heldout"]),
+                        stats["heldout"]["characters"])
+    log(f"held-out: {result}")
+
+
+def _devices(keras) -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return ", ".join(d.device_kind for d in jax.devices())
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot
+
+def plot(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(args.folder)
+    history = json.loads((folder / "history.json").read_text())
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["loss"] for h in history], label="training loss (nats/token, dropout on)")
+    ax.plot(steps, [h["val_loss"] for h in history], label="validation loss (nats/token)")
+    best = min(history, key=lambda h: h["val_loss"])
+    ax.axvline(best["step"], color="grey", lw=0.8, ls="--", label=f"saved: step {best['step']}")
+    ax.set(xlabel="step", ylabel="cross-entropy", title="Training the default model")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=120)
+    print(f"wrote {folder / 'loss.png'}")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llama_tf.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("prepare", help="train the tokenizer and tokenize the splits (TensorFlow)")
+    q.add_argument("--text", required=True, help="a UTF-8 text file")
+    q.add_argument("--out", required=True, help="folder for tokenizer.model, {train,valid,heldout}.npy")
+    q.add_argument("--vocab-size", type=int, default=2048)
+    q.add_argument("--held-out", type=float, default=0.1, help="fraction at the end, never trained on")
+    q.add_argument("--valid", type=float, default=0.05, help="fraction of the rest used for validation")
+    q.set_defaults(run=prepare)
+
+    f = sub.add_parser("fit", help="train the model (any Keras backend)")
+    f.add_argument("--data", required=True, help="a folder written by prepare")
+    f.add_argument("--out", required=True, help="folder for the checkpoint, training.log, history.json")
+    f.add_argument("--dim", type=int, default=384)
+    f.add_argument("--n-layers", type=int, default=6)
+    f.add_argument("--n-heads", type=int, default=6)
+    f.add_argument("--n-kv-heads", type=int, default=6)
+    f.add_argument("--hidden-dim", type=int, default=1024)
+    f.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True)
+    f.add_argument("--rope-theta", type=float, default=10000.0)
+    f.add_argument("--norm-eps", type=float, default=1e-5)
+    f.add_argument("--seq-len", type=int, default=256, help="training context, also the model's max_seq_len")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--steps", type=int, default=3000)
+    f.add_argument("--eval-every", type=int, default=100)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--min-lr", type=float, default=1e-4)
+    f.add_argument("--warmup-steps", type=int, default=100)
+    f.add_argument("--weight-decay", type=float, default=0.1)
+    f.add_argument("--beta2", type=float, default=0.99)
+    f.add_argument("--clip-norm", type=float, default=1.0)
+    f.add_argument("--dropout", type=float, default=0.2)
+    f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity: 1 = progress bar")
+    f.set_defaults(run=fit)
+
+    g = sub.add_parser("plot", help="draw loss.png from history.json")
+    g.add_argument("folder")
+    g.set_defaults(run=plot)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
