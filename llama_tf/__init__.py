@@ -2,8 +2,12 @@
 
 Modules:
 
-- `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`."""
+- `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`.
+- `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
+- `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained."""
 
+# The docstring above is written by nbdev-export. Names below are imported on first use, so that the
+# Keras layers (`llama_tf.model` and below) also load on another Keras backend without TensorFlow.
 import importlib
 
 __version__ = "0.1.0"
