@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,11 @@ from llama_tf.config import LlamaConfig
 from llama_tf.model import build_llama
 from llama_tf.tokenizer import Tokenizer
 
-__all__ = ["LLM", "load", "find_tokenizer"]
+__all__ = ["LLM", "load", "find_tokenizer", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
+# The model this project trains and ships (see weights/README.md); used when no checkpoint is named.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shakespeare"
 
 
 def find_tokenizer(directory: str | Path) -> Path | None:
@@ -32,14 +35,16 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
          dtype: str = "float32", max_seq_len: int | None = None, progress: bool | None = None) -> LLM:
     """Load a LLaMA checkpoint (Meta or Hugging Face layout, detected) with its tokenizer.
 
-    `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable. The tokenizer is found beside the
-    weights unless given. Weights of any stored precision are cast to `dtype` (computation stays float32
+    `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable, else the project's default model
+    (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any stored precision are cast to `dtype` (computation stays float32
     where it matters: norms, RoPE, softmax).
     """
     if path is None:
-        path = os.environ.get(WEIGHTS_ENV)
-        if not path:
-            raise ValueError(f"no checkpoint given: pass a path to llama_tf.load() or set {WEIGHTS_ENV}")
+        path = os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
+        if not Path(path).exists():
+            raise FileNotFoundError(
+                f"no checkpoint given and the default model is missing ({path}): pass a path or set {WEIGHTS_ENV}"
+            )
     checkpoint = read_checkpoint(path)
     config = checkpoint.config if max_seq_len is None else checkpoint.config.replace(max_seq_len=max_seq_len)
 
@@ -68,21 +73,28 @@ class LLM:
     tokenizer: Tokenizer
     model: keras.Model
 
-    def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
-        """Greedy continuation of `prompt`: the text that follows it, so `prompt + result` reads on."""
+    def generate(self, prompt: str, max_new_tokens: int = 20, temperature: float = 0.0, seed: int | None = None) -> str:
+        """Continuation of `prompt`: the text that follows it, so `prompt + result` reads on.
+        Greedy by default; `temperature` > 0 samples (reproducibly for a given `seed`)."""
         prompt_ids = self.tokenizer.tokenize(prompt).numpy().tolist()
-        new_ids = self.generate_ids(prompt_ids, max_new_tokens)
+        new_ids = self.generate_ids(prompt_ids, max_new_tokens, temperature, seed)
         # Decode prompt and continuation together: SentencePiece drops the leading space of a text's
         # first piece, which would glue the continuation to the prompt if decoded on its own.
         prefix = self.tokenizer.detokenize(prompt_ids)
         full = self.tokenizer.detokenize(prompt_ids + new_ids)
         return full[len(prefix):] if full.startswith(prefix) else self.tokenizer.detokenize(new_ids)
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 20) -> list[int]:
-        """Greedy decoding on token ids: up to `max_new_tokens` new ids, stopping after EOS or when the
-        context (`config.max_seq_len`) is full. Re-reads the whole sequence at every step."""
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
+                     seed: int | None = None) -> list[int]:
+        """Decoding on token ids: up to `max_new_tokens` new ids, stopping after EOS or when the context
+        (`config.max_seq_len`) is full. Greedy at temperature 0, else sampled from softmax(logits / T).
+        Re-reads the whole sequence at every step."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        rng = np.random.default_rng(seed)
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise ValueError("the prompt has no tokens (not even BOS)")
@@ -92,7 +104,12 @@ class LLM:
             )
         for _ in range(min(max_new_tokens, self.config.max_seq_len - len(ids))):
             logits = self.model(np.array([ids], dtype="int32"), training=False)  # (1, seq, vocab)
-            next_id = int(np.argmax(logits[0, -1]))
+            last = np.asarray(logits[0, -1], dtype=np.float64)
+            if temperature == 0:
+                next_id = int(np.argmax(last))
+            else:
+                p = np.exp((last - last.max()) / temperature)
+                next_id = int(rng.choice(len(p), p=p / p.sum()))
             ids.append(next_id)
             if next_id == self.tokenizer.eos_id:
                 break

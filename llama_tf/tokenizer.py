@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['Tokenizer', 'show_tokens']
 
-# %% ../notebooks/01_tokenizer.ipynb #8ba5d074
+# %% ../notebooks/01_tokenizer.ipynb #1f24056d
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +11,18 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-# %% ../notebooks/01_tokenizer.ipynb #5d6e0659
+# %% ../notebooks/01_tokenizer.ipynb #4f29ba8b
 class Tokenizer:
     """LLaMA's SentencePiece tokenizer as TensorFlow ops.
 
     `model` is a path to a `tokenizer.model` file or its bytes. Ids are int32; a string gives a 1-D
-    tensor, a batch of strings a `tf.RaggedTensor`.
+    tensor, a batch of strings a `tf.RaggedTensor`. `sample_alpha` is for training only: each call then
+    samples one of the possible segmentations (BPE-dropout with that probability, "subword
+    regularization"), so a model sees the same text split in different ways.
     """
 
-    def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False):
+    def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False,
+                 sample_alpha: float | None = None):
         if isinstance(model, (bytes, bytearray)):
             proto = bytes(model)
         else:
@@ -37,7 +40,8 @@ class Tokenizer:
         self.bos_id, self.eos_id = processor.bos_id(), processor.eos_id()
         self.unk_id, self.pad_id = processor.unk_id(), processor.pad_id()
         self._sp = tf_text.SentencepieceTokenizer(
-            model=proto, out_type=tf.int32, add_bos=add_bos, add_eos=add_eos
+            model=proto, out_type=tf.int32, add_bos=add_bos, add_eos=add_eos,
+            nbest_size=-1 if sample_alpha else 0, alpha=sample_alpha or 1.0,
         )
         # For `detokenize`: ids that decode to nothing, and a piece that decodes to one ASCII letter.
         self._control_ids = tf.constant([i for i in range(self.vocab_size) if processor.is_control(i)], tf.int32)
@@ -87,7 +91,7 @@ class Tokenizer:
     def __repr__(self):
         return f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
-# %% ../notebooks/01_tokenizer.ipynb #85ff64d0
+# %% ../notebooks/01_tokenizer.ipynb #1b72f3e3
 def show_tokens(tokenizer: Tokenizer, text: str):
     "Print each token of `text` as `id piece`, one per line."
     ids = tokenizer.tokenize(text).numpy().tolist()

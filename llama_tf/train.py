@@ -75,12 +75,19 @@ def prepare(args):
     proto = train_tokenizer(splits["train"] + splits["valid"], args.vocab_size)
     (out / TOKENIZER_FILE).write_bytes(proto)
     tokenizer = Tokenizer(proto, add_bos=False)
-    stats = {"text": str(args.text), "vocab_size": tokenizer.vocab_size,
-             "held_out_fraction": args.held_out, "valid_fraction": args.valid}
+    stats = {"text": str(args.text), "vocab_size": tokenizer.vocab_size, "held_out_fraction": args.held_out,
+             "valid_fraction": args.valid, "bpe_dropout": args.bpe_dropout, "sampled_epochs": args.sampled_epochs}
+    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
     for name, part in splits.items():
         ids = token_stream(tokenizer, part)
-        np.save(out / f"{name}.npy", ids.astype(np.uint16 if tokenizer.vocab_size <= 65536 else np.int32))
         stats[name] = {"characters": len(part), "tokens": int(len(ids)), "chars_per_token": len(part) / len(ids)}
+        if name == "train" and args.sampled_epochs:
+            # Subword regularization: the training split again and again, each time segmented differently.
+            # (SentencePiece samples with its own random generator: this step is not seeded.)
+            sampler = Tokenizer(proto, add_bos=False, sample_alpha=args.bpe_dropout)
+            ids = np.concatenate([token_stream(sampler, part) for _ in range(args.sampled_epochs)])
+            stats[name]["sampled_tokens"] = int(len(ids))
+        np.save(out / f"{name}.npy", ids.astype(dtype))
     (out / "prepare.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
 
@@ -163,7 +170,8 @@ def fit(args):
         initial_learning_rate=0.0, warmup_target=args.lr, warmup_steps=args.warmup_steps,
         decay_steps=args.steps - args.warmup_steps, alpha=args.min_lr / args.lr)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay, beta_1=0.9,
-                                       beta_2=args.beta2, global_clipnorm=args.clip_norm)
+                                       beta_2=args.beta2, global_clipnorm=args.clip_norm,
+                                       use_ema=args.ema > 0, ema_momentum=args.ema or 0.99)
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) == 1])
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
@@ -192,8 +200,10 @@ def fit(args):
             (out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
 
     saver = SaveBest()
+    # With --ema, validation and the saved checkpoint use the moving average of the weights.
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema > 0 else []
     model.fit(train, epochs=args.steps // args.eval_every, validation_data=valid, batch_size=args.batch_size,
-              callbacks=[saver], verbose=args.verbose)
+              callbacks=[*ema, saver], verbose=args.verbose)
     log(f"training took {time.time() - saver.start:.0f} s; best val_loss {saver.best:.4f}")
 
     # The held-out split, scored once at the end with the saved (best, stored-precision) weights.
@@ -252,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--vocab-size", type=int, default=2048)
     q.add_argument("--held-out", type=float, default=0.1, help="fraction at the end, never trained on")
     q.add_argument("--valid", type=float, default=0.05, help="fraction of the rest used for validation")
+    q.add_argument("--bpe-dropout", type=float, default=0.1, help="merge dropout when sampling segmentations")
+    q.add_argument("--sampled-epochs", type=int, default=0,
+                   help="write this many sampled segmentations of the training split (0: the plain one)")
     q.set_defaults(run=prepare)
 
     f = sub.add_parser("fit", help="train the model (any Keras backend)")
@@ -276,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--beta2", type=float, default=0.99)
     f.add_argument("--clip-norm", type=float, default=1.0)
     f.add_argument("--dropout", type=float, default=0.2)
+    f.add_argument("--ema", type=float, default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
     f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity: 1 = progress bar")
