@@ -3,15 +3,16 @@
 # %% auto #0
 __all__ = ['Tokenizer', 'show_tokens']
 
-# %% ../notebooks/01_tokenizer.ipynb #1f24056d
+# %% ../notebooks/01_tokenizer.ipynb #aee9d56a
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
+from sentencepiece import sentencepiece_model_pb2
 
-# %% ../notebooks/01_tokenizer.ipynb #4f29ba8b
+# %% ../notebooks/01_tokenizer.ipynb #dda1a2c6
 class Tokenizer:
     """LLaMA's SentencePiece tokenizer as TensorFlow ops.
 
@@ -43,7 +44,10 @@ class Tokenizer:
             model=proto, out_type=tf.int32, add_bos=add_bos, add_eos=add_eos,
             nbest_size=-1 if sample_alpha else 0, alpha=sample_alpha or 1.0,
         )
-        # For `detokenize`: ids that decode to nothing, and a piece that decodes to one ASCII letter.
+        # For `detokenize`: whether encoding adds a "▁" in front of the text, ids that decode to nothing,
+        # and a piece that decodes to one ASCII letter.
+        spec = sentencepiece_model_pb2.ModelProto.FromString(proto).normalizer_spec
+        self._dummy_prefix = spec.add_dummy_prefix
         self._control_ids = tf.constant([i for i in range(self.vocab_size) if processor.is_control(i)], tf.int32)
         self._sentinel_id = next(i for i in range(self.vocab_size)
                                  if len(p := processor.id_to_piece(i)) == 1 and p.isascii() and p.isalpha())
@@ -70,15 +74,15 @@ class Tokenizer:
         "(batch, None) ids -> (batch,) strings, decoded as the current SentencePiece library does."
         # tensorflow_text's SentencePiece strips the "▁" of *every* leading piece until one yields text,
         # so " y" (pieces "▁", "▁y") came back as "y". The library strips only the dummy-prefix "▁" of the
-        # first piece. A leading one-letter sentinel stops the stripping; we then remove the sentinel and
-        # the one dummy-prefix space ourselves.
+        # first piece, and only for models that add one. A leading one-letter sentinel stops the
+        # stripping; we then remove the sentinel and, where the model adds one, the dummy-prefix space.
         sentinel = tf.fill([ids.nrows(), 1], self._sentinel_id)
         text = self._sp.detokenize(tf.concat([sentinel, ids], axis=1))
         is_text = tf.reduce_all(ids[..., None] != self._control_ids, axis=-1)
         first_piece = self._sp.id_to_string(
             tf.concat([tf.ragged.boolean_mask(ids, is_text), sentinel], axis=1).to_tensor()[:, 0]
         )
-        dummy_prefix = tf.strings.substr(first_piece, 0, 3) == "▁"  # 3 bytes in UTF-8
+        dummy_prefix = tf.logical_and(tf.strings.substr(first_piece, 0, 3) == "▁", self._dummy_prefix)  # "▁": 3 bytes
         length = tf.strings.length(text)
         start = tf.minimum(1 + tf.cast(dummy_prefix, tf.int32), length)
         return tf.strings.substr(text, start, length - start)
@@ -91,7 +95,7 @@ class Tokenizer:
     def __repr__(self):
         return f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
-# %% ../notebooks/01_tokenizer.ipynb #1b72f3e3
+# %% ../notebooks/01_tokenizer.ipynb #ad989991
 def show_tokens(tokenizer: Tokenizer, text: str):
     "Print each token of `text` as `id piece`, one per line."
     ids = tokenizer.tokenize(text).numpy().tolist()

@@ -46,9 +46,12 @@ def test_folder_that_is_no_checkpoint(tmp_path):
         llama_tf.load(tmp_path)
 
 
-def test_no_path_and_no_environment_variable(monkeypatch):
+def test_no_path_no_environment_variable_and_no_default_model(monkeypatch, tmp_path):
+    import llama_tf.llm
+
     monkeypatch.delenv("LLAMA_TF_WEIGHTS", raising=False)
-    with pytest.raises(ValueError, match="LLAMA_TF_WEIGHTS"):
+    monkeypatch.setattr(llama_tf.llm, "DEFAULT_WEIGHTS", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="default model is missing .*missing.*LLAMA_TF_WEIGHTS"):
         llama_tf.load()
 
 
