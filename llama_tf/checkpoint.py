@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from llama_tf.config import LlamaConfig
 
 __all__ = ["CheckpointError", "Checkpoint", "TensorRef", "read_checkpoint", "model_variables",
-           "model_state", "assign_weights", "save_hf_checkpoint"]
+           "model_state", "assign_weights", "build_model", "save_hf_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -298,6 +298,15 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
                 f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
             )
         variable.assign(np.asarray(array.T if transposed else array, dtype=variable.dtype))
+
+
+def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None):
+    "The checkpoint's model with its weights: `build_llama(checkpoint.config)`, then `assign_weights`."
+    from llama_tf.model import build_llama
+
+    model = build_llama(checkpoint.config, dtype=dtype)
+    assign_weights(model, checkpoint.config, checkpoint.tensors, progress=progress)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from llama_tf.checkpoint import CheckpointError, assign_weights, read_checkpoint
+from llama_tf.checkpoint import CheckpointError, build_model, read_checkpoint
 from llama_tf.config import LlamaConfig
-from llama_tf.model import build_llama
 from llama_tf.tokenizer import Tokenizer
 
 __all__ = ["LLM", "load", "find_tokenizer", "DEFAULT_WEIGHTS"]
@@ -46,7 +45,9 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
                 f"no checkpoint given and the default model is missing ({path}): pass a path or set {WEIGHTS_ENV}"
             )
     checkpoint = read_checkpoint(path)
-    config = checkpoint.config if max_seq_len is None else checkpoint.config.replace(max_seq_len=max_seq_len)
+    if max_seq_len is not None:
+        checkpoint = checkpoint._replace(config=checkpoint.config.replace(max_seq_len=max_seq_len))
+    config = checkpoint.config
 
     if not isinstance(tokenizer, Tokenizer):
         tokenizer_path = tokenizer or find_tokenizer(checkpoint.directory)
@@ -60,9 +61,7 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {config.vocab_size} embeddings"
         )
 
-    model = build_llama(config, dtype=dtype)
-    assign_weights(model, config, checkpoint.tensors, progress=progress)
-    return LLM(config, tokenizer, model)
+    return LLM(config, tokenizer, build_model(checkpoint, dtype=dtype, progress=progress))
 
 
 @dataclass

@@ -95,6 +95,11 @@ def prepare(args):
 # ---------------------------------------------------------------------------------------------------
 # fit
 
+def with_bos(targets: np.ndarray, bos_id: int) -> np.ndarray:
+    "Inputs for (batch, T) target windows: BOS, then each window without its last token."
+    return np.concatenate([np.full((len(targets), 1), bos_id, np.int32), targets[:, :-1]], axis=1)
+
+
 def _windows_dataset(keras):
     class RandomWindows(keras.utils.PyDataset):
         """Batches of random windows of the token stream: inputs BOS + t[i : i+T-1], targets t[i : i+T]."""
@@ -111,8 +116,7 @@ def _windows_dataset(keras):
         def __getitem__(self, index):
             starts = self.rng.integers(0, len(self.ids) - self.seq_len, size=self.batch_size)
             targets = np.stack([self.ids[s : s + self.seq_len] for s in starts])
-            inputs = np.concatenate([np.full((self.batch_size, 1), self.bos_id, np.int32), targets[:, :-1]], axis=1)
-            return inputs, targets
+            return with_bos(targets, self.bos_id), targets
 
     return RandomWindows
 
@@ -121,8 +125,7 @@ def fixed_windows(ids, bos_id, seq_len):
     "Consecutive non-overlapping windows, for validation: (inputs, targets), each (n, seq_len)."
     n = (len(ids) - 1) // seq_len
     targets = ids[: n * seq_len].astype(np.int32).reshape(n, seq_len)
-    inputs = np.concatenate([np.full((n, 1), bos_id, np.int32), targets[:, :-1]], axis=1)
-    return inputs, targets
+    return with_bos(targets, bos_id), targets
 
 
 class Log:
@@ -207,11 +210,9 @@ def fit(args):
     log(f"training took {time.time() - saver.start:.0f} s; best val_loss {saver.best:.4f}")
 
     # The held-out split, scored once at the end with the saved (best, stored-precision) weights.
-    from llama_tf.checkpoint import assign_weights, read_checkpoint
+    from llama_tf.checkpoint import build_model, read_checkpoint
 
-    best = read_checkpoint(out)
-    final = build_llama(best.config)
-    assign_weights(final, best.config, best.tensors)
+    final = build_model(read_checkpoint(out))
     result = Evaluation(score_ids(final, ids["heldout"], bos_id, args.seq_len), len(ids["heldout"]),
                         stats["heldout"]["characters"])
     log(f"held-out: {result}")
@@ -273,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--dim", type=int, default=384)
     f.add_argument("--n-layers", type=int, default=6)
     f.add_argument("--n-heads", type=int, default=6)
-    f.add_argument("--n-kv-heads", type=int, default=6)
+    f.add_argument("--n-kv-heads", type=int, help="key/value heads (default: --n-heads)")
     f.add_argument("--hidden-dim", type=int, default=1024)
     f.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True)
     f.add_argument("--rope-theta", type=float, default=10000.0)
