@@ -293,7 +293,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--ema", type=float, default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
     f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity: 1 = progress bar")
+    f.add_argument("--verbose", type=int, default=1 if sys.stdout.isatty() else 2,
+                   help="Keras fit verbosity: 1 = progress bar (default in a terminal), 2 = a line per evaluation")
     f.set_defaults(run=fit)
 
     g = sub.add_parser("plot", help="draw loss.png from history.json")

@@ -9,6 +9,7 @@ import pytest
 
 import llama_tf
 import llama_tf.checkpoint
+from conftest import require
 from reference import half_copy, hf_logits, hf_model, max_relative_error, stored_dtypes, write_hf, write_meta
 
 TOLERANCE = 1e-4
@@ -43,7 +44,7 @@ def test_logits_match_transformers(case, token_ids):
 
 
 def test_greedy_continuation_matches_transformers(case, tiny_tokenizer_proto):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     _, model, directory = case
     llm = llama_tf.load(directory)
     prompt = llm.tokenizer.tokenize("Beautiful is better than").numpy().tolist()
@@ -99,8 +100,8 @@ def test_single_weights_file_path(case, token_ids):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_written_checkpoint_loads_in_transformers(case, token_ids, tmp_path, dtype):
     "save_hf_checkpoint writes what transformers itself reads, with the same logits."
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    transformers = require("transformers")
+    torch = require("torch")
     _, _, directory = case
     llm = llama_tf.load(directory)
     written = llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written", dtype=dtype,
