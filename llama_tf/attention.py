@@ -3,13 +3,13 @@
 # %% auto #0
 __all__ = ['rope_angles', 'apply_rope', 'causal_mask', 'Attention']
 
-# %% ../notebooks/04_attention.ipynb #155cd318
+# %% ../notebooks/04_attention.ipynb #44624c25
 import math
 
 import keras
 from keras import ops
 
-# %% ../notebooks/04_attention.ipynb #106d8ad1
+# %% ../notebooks/04_attention.ipynb #5b896d4a
 def rope_angles(positions, head_dim: int, theta: float = 10000.0):
     "Rotation angle of every feature pair at every position: (seq,) -> (seq, head_dim // 2), float32."
     inv_freq = 1.0 / ops.power(theta, ops.arange(0, head_dim, 2, dtype="float32") / head_dim)
@@ -24,13 +24,13 @@ def apply_rope(x, angles):
     rotated = ops.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)  # (..., head_dim // 2, 2)
     return ops.reshape(rotated, ops.shape(x))
 
-# %% ../notebooks/04_attention.ipynb #1a539c6b
+# %% ../notebooks/04_attention.ipynb #61be5a6e
 def causal_mask(seq_len):
     "(seq, seq) boolean mask: True where query i may attend to key j, i.e. j <= i."
     i = ops.arange(seq_len)
     return i[:, None] >= i[None, :]
 
-# %% ../notebooks/04_attention.ipynb #4788b301
+# %% ../notebooks/04_attention.ipynb #5827cf85
 @keras.saving.register_keras_serializable(package="llama_tf")
 class Attention(keras.layers.Layer):
     """Causal multi-head self-attention with rotary position embeddings and grouped-query heads."""
