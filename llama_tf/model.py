@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['TokenEmbedding', 'build_llama']
 
-# %% ../notebooks/06_llama.ipynb #7a40348e
+# %% ../notebooks/06_llama.ipynb #64e145df
 import keras
 from keras import ops
 
@@ -11,7 +11,7 @@ from .config import LlamaConfig
 from .rms_norm import RMSNorm
 from .transformer_block import TransformerBlock
 
-# %% ../notebooks/06_llama.ipynb #46001e3b
+# %% ../notebooks/06_llama.ipynb #2306bba9
 @keras.saving.register_keras_serializable(package="llama_tf")
 class TokenEmbedding(keras.layers.Layer):
     """Token embedding table; called with `reverse=True` it maps hidden states to vocabulary logits
@@ -33,7 +33,7 @@ class TokenEmbedding(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
-# %% ../notebooks/06_llama.ipynb #c1e18ab5
+# %% ../notebooks/06_llama.ipynb #75d248f4
 def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.0, name: str = "llama") -> keras.Model:
     """A functional `keras.Model`: int32 token ids (batch, seq) -> float32 logits (batch, seq, vocab).
     `dropout` is for training (see `TransformerBlock`)."""
