@@ -35,15 +35,17 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     """Load a LLaMA checkpoint (Meta or Hugging Face layout, detected) with its tokenizer.
 
     `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable, else the project's default model
-    (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any stored precision are cast to `dtype` (computation stays float32
-    where it matters: norms, RoPE, softmax).
+    (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any
+    stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
+    softmax).
     """
     if path is None:
-        path = os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
-        if not Path(path).exists():
-            raise FileNotFoundError(
-                f"no checkpoint given and the default model is missing ({path}): pass a path or set {WEIGHTS_ENV}"
-            )
+        path = os.environ.get(WEIGHTS_ENV)
+    if not path:
+        if not DEFAULT_WEIGHTS.exists():
+            raise FileNotFoundError(f"no checkpoint given, {WEIGHTS_ENV} is not set, and the default model is "
+                                    f"missing ({DEFAULT_WEIGHTS}); pass a path or set {WEIGHTS_ENV}")
+        path = DEFAULT_WEIGHTS
     checkpoint = read_checkpoint(path)
     if max_seq_len is not None:
         checkpoint = checkpoint._replace(config=checkpoint.config.replace(max_seq_len=max_seq_len))

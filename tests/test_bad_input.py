@@ -55,9 +55,12 @@ def test_no_path_no_environment_variable_and_no_default_model(monkeypatch, tmp_p
         llama_tf.load()
 
 
-def test_environment_variable_names_the_checkpoint(monkeypatch, hf_dir):
+def test_environment_variable_names_the_checkpoint(monkeypatch, hf_dir, tmp_path):
     monkeypatch.setenv("LLAMA_TF_WEIGHTS", str(hf_dir))
     assert llama_tf.load().config.dim == 64
+    monkeypatch.setenv("LLAMA_TF_WEIGHTS", str(tmp_path / "moved"))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*moved"):
+        llama_tf.load()
 
 
 def test_missing_tensor_is_named(hf_dir):
