@@ -120,6 +120,15 @@ def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
 
 
+def _rope_heads(name: str, config: LlamaConfig) -> int | None:
+    "Heads of the q/k projection `name` (Meta name), whose rows the two RoPE layouts order differently."
+    if name.endswith("attention.wq.weight"):
+        return config.n_heads
+    if name.endswith("attention.wk.weight"):
+        return config.n_kv_heads
+    return None
+
+
 def _safetensors_keys(file: Path) -> list[str]:
     from safetensors import safe_open
 
@@ -161,11 +170,8 @@ def _read_hf(path: Path, directory: Path) -> Checkpoint:
             if meta_name is None:
                 unknown.append(hf_name)
                 continue
-            transform = None
-            if meta_name.endswith("attention.wq.weight"):
-                transform = partial(unpermute_rope_rows, n_heads=config.n_heads)
-            elif meta_name.endswith("attention.wk.weight"):
-                transform = partial(unpermute_rope_rows, n_heads=config.n_kv_heads)
+            heads = _rope_heads(meta_name, config)
+            transform = partial(unpermute_rope_rows, n_heads=heads) if heads else None
             tensors[meta_name] = TensorRef(f"{hf_name} in {file.name}", partial(_load_safetensor, file, hf_name, transform))
     unknown = [n for n in unknown if not _IGNORED.search(n)]
     if unknown:
@@ -350,10 +356,8 @@ def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype:
     np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
     tensors = {}
     for name, w in model_state(model, config).items():
-        if name.endswith("attention.wq.weight"):
-            w = permute_rope_rows(w, config.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            w = permute_rope_rows(w, config.n_kv_heads)
+        if heads := _rope_heads(name, config):
+            w = permute_rope_rows(w, heads)
         tensors[_meta_to_hf_name(name)] = np.ascontiguousarray(w.astype(np_dtype))
 
     directory = Path(directory)

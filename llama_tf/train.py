@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 TOKENIZER_FILE = "tokenizer.model"
+BOS_ID = 1  # train_tokenizer puts <unk>, <s>, </s> at 0, 1, 2, as LLaMA's tokenizer does
 SPLITS = ("train", "valid", "heldout")
 
 
@@ -50,7 +51,7 @@ def train_tokenizer(text: str, vocab_size: int) -> bytes:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        byte_fallback=True, split_digits=True, unk_id=0, bos_id=BOS_ID, eos_id=2, pad_id=-1,
         normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
         allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=2, minloglevel=2,
     )
@@ -155,7 +156,6 @@ def fit(args):
     stats = json.loads((data / "prepare.json").read_text())
     tokenizer_proto = (data / TOKENIZER_FILE).read_bytes()
     ids = {name: np.load(data / f"{name}.npy") for name in SPLITS}
-    bos_id = 1
 
     keras.utils.set_random_seed(args.seed)
     config = LlamaConfig(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
@@ -179,8 +179,8 @@ def fit(args):
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
     RandomWindows = _windows_dataset(keras)
-    train = RandomWindows(ids["train"], bos_id, args.seq_len, args.batch_size, args.eval_every, args.seed)
-    valid = fixed_windows(ids["valid"], bos_id, args.seq_len)
+    train = RandomWindows(ids["train"], BOS_ID, args.seq_len, args.batch_size, args.eval_every, args.seed)
+    valid = fixed_windows(ids["valid"], BOS_ID, args.seq_len)
     valid_chars_per_token = stats["valid"]["chars_per_token"]
 
     class SaveBest(keras.callbacks.Callback):
@@ -213,7 +213,7 @@ def fit(args):
     from llama_tf.checkpoint import build_model, read_checkpoint
 
     final = build_model(read_checkpoint(out))
-    result = Evaluation(score_ids(final, ids["heldout"], bos_id, args.seq_len), len(ids["heldout"]),
+    result = Evaluation(score_ids(final, ids["heldout"], BOS_ID, args.seq_len), len(ids["heldout"]),
                         stats["heldout"]["characters"])
     log(f"held-out: {result}")
 
