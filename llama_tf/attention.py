@@ -11,15 +11,16 @@ from keras import ops
 
 # %% ../notebooks/04_attention.ipynb #5b896d4a
 def rope_angles(positions, head_dim: int, theta: float = 10000.0):
-    "Rotation angle of every feature pair at every position: (seq,) -> (seq, head_dim // 2), float32."
+    "Rotation angle of every feature pair at every position: (..., seq) -> (..., seq, head_dim // 2), float32."
     inv_freq = 1.0 / ops.power(theta, ops.arange(0, head_dim, 2, dtype="float32") / head_dim)
-    return ops.cast(positions, "float32")[:, None] * inv_freq[None, :]
+    return ops.cast(positions, "float32")[..., None] * inv_freq
 
 
 def apply_rope(x, angles):
-    "Rotate adjacent pairs (x[..., 2i], x[..., 2i+1]) of x (batch, seq, heads, head_dim) by angles (seq, head_dim // 2)."
-    cos = ops.cos(angles)[None, :, None, :]
-    sin = ops.sin(angles)[None, :, None, :]
+    """Rotate adjacent pairs (x[..., 2i], x[..., 2i+1]) of x (batch, seq, heads, head_dim) by
+    angles (seq, head_dim // 2), or (batch, seq, head_dim // 2) when each row has its own positions."""
+    cos = ops.cast(ops.cos(angles), x.dtype)[..., None, :]       # broadcast over heads
+    sin = ops.cast(ops.sin(angles), x.dtype)[..., None, :]
     x0, x1 = x[..., 0::2], x[..., 1::2]
     rotated = ops.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)  # (..., head_dim // 2, 2)
     return ops.reshape(rotated, ops.shape(x))
@@ -52,24 +53,42 @@ class Attention(keras.layers.Layer):
             projection.build(input_shape)
         self.wo.build((*input_shape[:-1], self.n_heads * self.head_dim))
 
-    def call(self, x):
+    def call(self, x, cache=None, cache_index=None, angles=None, attention_mask=None):
+        """x (batch, seq, dim) -> (batch, seq, dim), attending causally over positions 0..seq-1.
+
+        With `cache` = (keys, values), each (batch, n_kv_heads, max_len, head_dim), x's keys and values
+        are written into slots `cache_index`.. and the queries attend over the whole cache; the caller
+        then gives x's rotation `angles` ((batch,) seq, head_dim // 2) and `attention_mask`
+        ((batch,) seq, max_len; True where a query may look). Returns (output, updated cache)."""
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         q = ops.reshape(self.wq(x), (batch, seq, self.n_heads, self.head_dim))
         k = ops.reshape(self.wk(x), (batch, seq, self.n_kv_heads, self.head_dim))
         v = ops.reshape(self.wv(x), (batch, seq, self.n_kv_heads, self.head_dim))
 
-        angles = rope_angles(ops.arange(seq), self.head_dim, self.rope_theta)
+        if angles is None:
+            angles = rope_angles(ops.arange(seq), self.head_dim, self.rope_theta)
         q, k = apply_rope(q, angles), apply_rope(k, angles)
+        k, v = ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))  # (batch, n_kv_heads, seq, head_dim)
 
-        n_rep = self.n_heads // self.n_kv_heads     # query heads per key/value head
-        if n_rep > 1:
-            k, v = ops.repeat(k, n_rep, axis=2), ops.repeat(v, n_rep, axis=2)
+        if cache is not None:
+            slot = (0, 0, cache_index, 0)
+            k, v = ops.slice_update(cache[0], slot, k), ops.slice_update(cache[1], slot, v)
+        if attention_mask is None:
+            attention_mask = causal_mask(seq)
+        out = self.attend(q, k, v, attention_mask)                         # (batch, seq, heads, head_dim)
+        out = self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))
+        return out if cache is None else (out, (k, v))
 
-        scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
-        scores = ops.where(causal_mask(seq)[None, None], ops.cast(scores, "float32"), float("-inf"))
-        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)          # (batch, heads, seq, seq)
-        out = ops.einsum("bhqk,bkhd->bqhd", weights, v)                    # (batch, seq, heads, head_dim)
-        return self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))
+    def attend(self, q, k, v, mask):
+        """softmax(q kᵀ / √head_dim) v for q (batch, seq, n_heads, head_dim) and k, v
+        (batch, n_kv_heads, keys, head_dim), where `mask` (broadcast to (batch, seq, keys)) is True."""
+        batch, seq = ops.shape(q)[0], ops.shape(q)[1]
+        n_repeats = self.n_heads // self.n_kv_heads   # query heads per key/value head
+        q = ops.reshape(q, (batch, seq, self.n_kv_heads, n_repeats, self.head_dim))
+        scores = ops.einsum("bsgrd,bgkd->bgrsk", q, k) / math.sqrt(self.head_dim)
+        scores = ops.where(mask[..., None, None, :, :], ops.cast(scores, "float32"), float("-inf"))
+        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)      # (batch, kv_heads, repeats, seq, keys)
+        return ops.reshape(ops.einsum("bgrsk,bgkd->bsgrd", weights, v), (batch, seq, self.n_heads, self.head_dim))
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "n_heads": self.n_heads,

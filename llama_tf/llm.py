@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -12,6 +12,7 @@ import numpy as np
 
 from llama_tf.checkpoint import CheckpointError, build_model, read_checkpoint
 from llama_tf.config import LlamaConfig
+from llama_tf.generation import Decoder, Sampler, TextStream
 from llama_tf.tokenizer import Tokenizer
 
 __all__ = ["LLM", "load", "find_tokenizer", "DEFAULT_WEIGHTS"]
@@ -73,45 +74,71 @@ class LLM:
     config: LlamaConfig
     tokenizer: Tokenizer
     model: keras.Model
+    _decoder: Decoder | None = field(default=None, init=False, repr=False)
 
-    def generate(self, prompt: str, max_new_tokens: int = 20, temperature: float = 0.0, seed: int | None = None) -> str:
+    @property
+    def decoder(self) -> Decoder:
+        "The compiled prefill/decode step (built on first use)."
+        if self._decoder is None:
+            self._decoder = Decoder(self.model, self.config.max_seq_len)
+        return self._decoder
+
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 20, temperature: float = 0.0,
+                 seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0,
+                 stop: str | Sequence[str] = (), stream: bool = False) -> str | list[str] | Iterator[str]:
         """Continuation of `prompt`: the text that follows it, so `prompt + result` reads on.
-        Greedy by default; `temperature` > 0 samples (reproducibly for a given `seed`)."""
-        prompt_ids = self.tokenizer.tokenize(prompt).numpy().tolist()
-        new_ids = self.generate_ids(prompt_ids, max_new_tokens, temperature, seed)
-        # Decode prompt and continuation together: SentencePiece drops the leading space of a text's
-        # first piece, which would glue the continuation to the prompt if decoded on its own.
-        prefix = self.tokenizer.detokenize(prompt_ids)
-        full = self.tokenizer.detokenize(prompt_ids + new_ids)
-        return full[len(prefix):] if full.startswith(prefix) else self.tokenizer.detokenize(new_ids)
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
-                     seed: int | None = None) -> list[int]:
-        """Decoding on token ids: up to `max_new_tokens` new ids, stopping after EOS or when the context
-        (`config.max_seq_len`) is full. Greedy at temperature 0, else sampled from softmax(logits / T).
-        Re-reads the whole sequence at every step."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        rng = np.random.default_rng(seed)
-        ids = [int(i) for i in prompt_ids]
-        if not ids:
-            raise ValueError("the prompt has no tokens (not even BOS)")
-        if len(ids) > self.config.max_seq_len:
-            raise ValueError(
-                f"the prompt is {len(ids)} tokens, longer than the model's context of {self.config.max_seq_len}"
-            )
-        for _ in range(min(max_new_tokens, self.config.max_seq_len - len(ids))):
-            logits = self.model(np.array([ids], dtype="int32"), training=False)  # (1, seq, vocab)
-            last = np.asarray(logits[0, -1], dtype=np.float64)
-            if temperature == 0:
-                next_id = int(np.argmax(last))
-            else:
-                p = np.exp((last - last.max()) / temperature)
-                next_id = int(rng.choice(len(p), p=p / p.sum()))
-            ids.append(next_id)
-            if next_id == self.tokenizer.eos_id:
+        Greedy by default; `temperature` > 0 samples, optionally from the `top_k` most likely tokens
+        and the `top_p` nucleus, reproducibly for a given `seed` (see `Sampler`). Generation ends at
+        `</s>`, after `max_new_tokens`, when the context is full, or at the first of the `stop`
+        strings (which is left out). A list of prompts returns a list, each continuation as it would be
+        alone. `stream=True` (one prompt) returns an iterator over pieces of text as they are generated.
+        """
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a list of strings")
+        if stream and not single:
+            raise ValueError("stream=True generates one prompt at a time; pass a string")
+        rows = [self.tokenizer.tokenize(p).numpy().tolist() for p in prompts]
+        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), [self.tokenizer.eos_id])
+        streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
+        if stream:
+            return self._stream(steps, streams[0])
+        for next_ids in steps:
+            for text, token in zip(streams, next_ids):
+                if token >= 0 and not text.stopped:
+                    text.push(token)
+            if all(text.stopped for text in streams):
                 break
-        return ids[len(prompt_ids):]
+        return streams[0].text if single else [text.text for text in streams]
+
+    @staticmethod
+    def _stream(steps: Iterator, text: TextStream) -> Iterator[str]:
+        for (token,) in steps:
+            if token >= 0:
+                if piece := text.push(token):
+                    yield piece
+                if text.stopped:
+                    return
+        if piece := text.flush():
+            yield piece
+
+    def generate_ids(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int = 20,
+                     temperature: float = 0.0, seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0,
+                     stop_ids: Sequence[int] | None = None) -> list[int] | list[list[int]]:
+        """Generation on token ids: up to `max_new_tokens` new ids for one prompt (a list of ids) or a
+        batch (a list of lists), ending after a `stop_ids` token (default: EOS; `()` never stops) or
+        when the context (`config.max_seq_len`) is full. Sampling as in `generate`."""
+        single = len(prompt_ids) == 0 or not isinstance(prompt_ids[0], (Sequence, np.ndarray))
+        rows = [[int(i) for i in ids] for ids in ([prompt_ids] if single else prompt_ids)]
+        stop_ids = [self.tokenizer.eos_id] if stop_ids is None else list(stop_ids)
+        new: list[list[int]] = [[] for _ in rows]
+        for next_ids in self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids):
+            for ids, token in zip(new, next_ids):
+                if token >= 0:
+                    ids.append(int(token))
+        return new[0] if single else new

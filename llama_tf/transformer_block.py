@@ -34,9 +34,15 @@ class TransformerBlock(keras.layers.Layer):
         for sublayer in (self.attention_norm, self.attention, self.ffn_norm, self.feed_forward):
             sublayer.build(input_shape)
 
-    def call(self, x, training=None):
-        h = x + self.branch_dropout(self.attention(self.attention_norm(x)), training=training)
-        return h + self.branch_dropout(self.feed_forward(self.ffn_norm(h)), training=training)
+    def call(self, x, cache=None, cache_index=None, angles=None, attention_mask=None, training=None):
+        """x (batch, seq, dim) -> (batch, seq, dim); with a key/value `cache` (see `Attention`),
+        -> (output, updated cache)."""
+        attended = self.attention(self.attention_norm(x), cache, cache_index, angles, attention_mask)
+        if cache is not None:
+            attended, cache = attended
+        h = x + self.branch_dropout(attended, training=training)
+        out = h + self.branch_dropout(self.feed_forward(self.ffn_norm(h)), training=training)
+        return out if cache is None else (out, cache)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,

@@ -1,0 +1,150 @@
+"""Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
+
+`LLM.generate` (in `llama_tf.llm`) puts these together; notebook 06 explains the cache they run on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from llama_tf.model import _blocks, call_with_cache, new_cache
+
+__all__ = ["Sampler", "Decoder", "TextStream"]
+
+CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class Sampler:
+    """Chooses the next token from logits: greedy at `temperature` 0, else a draw from
+    softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all) and then to
+    the nucleus of probability `top_p` (Meta's rule: the most likely tokens whose cumulative
+    probability before them is at most `top_p`). Draws are reproducible for a given `seed`."""
+
+    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if not _is_int(top_k) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        "(batch, vocab) float logits -> (batch,) int32 token ids."
+        if self.temperature == 0:
+            return np.argmax(logits, axis=-1).astype("int32")
+        logits = np.asarray(logits, "float64") / self.temperature
+        order = np.argsort(-logits, axis=-1, kind="stable")                # most likely first
+        if self.top_k:
+            order = order[:, : self.top_k]
+        ranked = np.take_along_axis(logits, order, axis=-1)
+        probs = np.exp(ranked - ranked[:, :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if self.top_p < 1:
+            before = np.cumsum(probs, axis=-1) - probs                      # mass of the more likely tokens
+            probs = np.where(before > self.top_p, 0.0, probs)
+        cumulative = np.cumsum(probs, axis=-1)
+        u = self.rng.random((len(probs), 1)) * cumulative[:, -1:]
+        pick = np.minimum((cumulative <= u).sum(axis=-1), order.shape[1] - 1)
+        return order[np.arange(len(order)), pick].astype("int32")
+
+
+class Decoder:
+    """Generates token ids for a batch of prompts with a key/value cache: one compiled `tf.function`
+    runs both the prefill (every prompt, left-padded to the longest) and each one-token decode step."""
+
+    def __init__(self, model: keras.Model, max_seq_len: int):
+        self.model, self.max_seq_len = model, max_seq_len
+        attention = _blocks(model)[0].attention
+        kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
+        signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(_blocks(model)),
+                     tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
+        # No XLA: on CPU, jit_compile=True made a decode step many times slower.
+        self.step = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
+                                input_signature=signature)
+
+    def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
+                 stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
+        """Yields the next token of every row, step by step, as a (batch,) array; a row that has
+        finished (it produced one of `stop_ids`, or its context is full) yields -1 from then on.
+        Ends when every row has finished or after `max_new_tokens` steps."""
+        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        lengths = np.array([len(p) for p in prompts])
+        if len(prompts) == 0 or lengths.min() == 0:
+            raise ValueError("every prompt needs at least one token (BOS counts)")
+        if lengths.max() > self.max_seq_len:
+            raise ValueError(f"a prompt is {lengths.max()} tokens, longer than the model's context of "
+                             f"{self.max_seq_len}")
+        budget = np.minimum(max_new_tokens, self.max_seq_len - lengths)    # new tokens each row may have
+        if budget.max() == 0:
+            return
+        width = int(lengths.max())
+        start = (width - lengths).astype("int32")                          # left padding of each row
+        ids = np.zeros((len(prompts), width), "int32")
+        for row, prompt in enumerate(prompts):
+            ids[row, start[row]:] = prompt
+        slots = width + int(budget.max())                                   # prompts, then the new tokens
+        cache = new_cache(self.model, len(prompts), -(-slots // CACHE_BLOCK) * CACHE_BLOCK)
+
+        logits, cache = self.step(ids, cache, tf.constant(0), start)        # prefill
+        finished = budget == 0
+        for step in range(int(budget.max())):
+            next_ids = np.where(finished, -1, sampler(logits.numpy()))
+            yield next_ids
+            finished |= np.isin(next_ids, stop_ids) | (step + 1 >= budget)
+            if finished.all():
+                return
+            fed = np.maximum(next_ids, 0)[:, None]                          # finished rows feed a dummy 0
+            logits, cache = self.step(fed, cache, tf.constant(width + step), start)
+
+
+class TextStream:
+    """The text of a continuation, growing as its token ids arrive. `push(id)` returns the new text
+    that is final: it holds back an incomplete UTF-8 character (byte-fallback pieces arrive one byte
+    at a time) and any tail that may be the start of a `stop` string. Once a stop string appears,
+    the text ends before it and `stopped` is set. `flush()` returns what was held back at the end."""
+
+    def __init__(self, tokenizer, prompt_ids: Sequence[int], stop: Sequence[str] = ()):
+        self.tokenizer, self.prompt_ids, self.stop = tokenizer, list(prompt_ids), list(stop)
+        # Decode behind the prompt: SentencePiece drops the leading space of a text's first piece,
+        # which would glue the continuation to the prompt if decoded on its own.
+        self._prefix = tokenizer.detokenize(self.prompt_ids)
+        self.ids: list[int] = []
+        self.text = ""          # everything decoded so far, cut at a stop string
+        self.emitted = 0        # characters of `text` already returned
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        full = self.tokenizer.detokenize(self.prompt_ids + self.ids)
+        self.text = full[len(self._prefix):] if full.startswith(self._prefix) else self.tokenizer.detokenize(self.ids)
+        cuts = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.stopped = self.text[: min(cuts)], True
+            return self.flush()
+        held = len(self.text) - len(self.text.rstrip("\ufffd"))
+        for s in self.stop:     # the longest tail that a stop string begins with
+            held = max([held] + [n for n in range(1, len(s)) if self.text.endswith(s[:n])])
+        return self._emit(len(self.text) - held)
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        piece = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
