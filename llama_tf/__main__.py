@@ -1,4 +1,4 @@
-"""Command line: `python -m llama_tf generate "ROMEO:"`, `python -m llama_tf eval FILE`.
+"""Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf eval FILE`.
 
 `--weights` defaults to $LLAMA_TF_WEIGHTS, else the project's default model (weights/shakespeare).
 Errors are one line on stderr and a non-zero exit status.
@@ -28,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
     g.add_argument("--max-new-tokens", type=_non_negative_int, default=100)
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    g.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the K most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="sample from the nucleus of probability P (default 1)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the continuation before TEXT (may be repeated)")
     g.add_argument("--seed", type=int, help="random seed for sampling")
 
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
@@ -46,7 +50,12 @@ def main(argv=None) -> int:
 
         llm = llama_tf.load(args.weights)
         if args.command == "generate":
-            print(args.prompt + llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed))
+            pieces = llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed, top_k=args.top_k,
+                                  top_p=args.top_p, stop=args.stop, stream=True)
+            print(args.prompt, end="", flush=True)
+            for piece in pieces:
+                print(piece, end="", flush=True)
+            print()
         else:
             text = args.file.read_text(encoding="utf-8")[: args.max_chars]
             print(llama_tf.evaluate(llm, text, context=args.context, stride=args.stride))

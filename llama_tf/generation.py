@@ -78,7 +78,7 @@ class Decoder:
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
-        """Yields the next token of every row, step by step, as a (batch,) array; a row that has
+        """Checks the prompts (now, not when iteration starts), then returns an iterator that yields the next token of every row, step by step, as a (batch,) array; a row that has
         finished (it produced one of `stop_ids`, or its context is full) yields -1 from then on.
         Ends when every row has finished or after `max_new_tokens` steps."""
         if not _is_int(max_new_tokens) or max_new_tokens < 0:
@@ -90,6 +90,9 @@ class Decoder:
             raise ValueError(f"a prompt is {lengths.max()} tokens, longer than the model's context of "
                              f"{self.max_seq_len}")
         budget = np.minimum(max_new_tokens, self.max_seq_len - lengths)    # new tokens each row may have
+        return self._steps(prompts, lengths, budget, sampler, stop_ids)
+
+    def _steps(self, prompts, lengths, budget, sampler, stop_ids) -> Iterator[np.ndarray]:
         if budget.max() == 0:
             return
         width = int(lengths.max())

@@ -1,0 +1,392 @@
+"""Generation speed and memory: llama_tf against keras-hub, Hugging Face transformers and llama.cpp.
+
+    python benchmarks/decode.py                       # every shape, dtype and peer (tens of minutes)
+    python benchmarks/decode.py --shapes 134m --dtypes float32
+
+The script makes random weights in Hugging Face's layout (transformers, seeded), converts them for each
+peer (keras-hub: ported variable by variable; llama.cpp: a GGUF written with the `gguf` package, q/k rows
+in Meta's layout) and measures every peer in its own process, on the same prompts, greedy:
+
+- prefill: tokens/s of a 512-token prompt (time to the first new token);
+- decode: new tokens/s at batch 1 and 8 after a 32-token prompt, excluding the prefill
+  ((n - 1) new tokens ÷ (time for n new tokens − time for 1));
+- peak resident memory of the process (`ru_maxrss`), and as a multiple of the weights' bytes.
+
+Every figure is also given as a ratio to llama_tf's, and llama_tf's decode as a fraction of the bound
+that memory bandwidth sets: bytes of weights read per token ÷ a measured large matrix-vector read rate.
+Needs the benchmark extra (`pip install -e .[bench]`) and the LLaMA tokenizer (for the GGUF
+vocabulary; default `../shared/tokenizers/llama/tokenizer.model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {  # LlamaConfig fields
+    "134m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, hidden_dim=2048, vocab_size=32000),
+    "tinyllama-1.1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632, vocab_size=32000),
+}
+PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]
+PREFILL_TOKENS, PROMPT_TOKENS, BATCH = 512, 32, 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workers: each runs in its own process and prints one JSON line.
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _prompts(vocab: int, batch: int, length: int) -> list[list[int]]:
+    rng = np.random.default_rng(length)
+    return [[1] + rng.integers(3, vocab, length - 1).tolist() for _ in range(batch)]
+
+
+def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats: int = 2) -> dict:
+    """`generate(prompts, n)` must produce n new tokens for every prompt. Best of `repeats` runs."""
+    def best(prompts, n):
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            generate(prompts, n)
+            times.append(time.perf_counter() - begin)
+        return min(times)
+
+    generate(_prompts(vocab, 1, 8), 2)                                     # warm-up (compilation)
+    result = {"prefill": PREFILL_TOKENS / best(_prompts(vocab, 1, PREFILL_TOKENS), 1)}
+    for batch in batches:
+        prompts = _prompts(vocab, batch, PROMPT_TOKENS)
+        first, full = best(prompts, 1), best(prompts, new_tokens)
+        result[f"decode_b{batch}"] = batch * (new_tokens - 1) / (full - first)
+    return result
+
+
+def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: int, **_) -> dict:
+    import llama_tf
+    from llama_tf.generation import Sampler
+
+    baseline = _peak_rss()
+    llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
+
+    def generate(prompts, n):
+        for _ in llm.decoder(prompts, n, Sampler(), stop_ids=()):
+            pass
+    return {**_measure(generate, llm.config.vocab_size, new_tokens), "baseline_rss": baseline}
+
+
+def worker_transformers(model_dir: Path, dtype: str, new_tokens: int, **_) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(os.cpu_count())
+    baseline = _peak_rss()
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+
+    def generate(prompts, n):
+        ids = torch.tensor(prompts)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+    return {**_measure(generate, model.config.vocab_size, new_tokens), "baseline_rss": baseline}
+
+
+def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, jit_compile: bool = False, **_) -> dict:
+    import keras
+    import keras_hub
+    from safetensors.numpy import load_file
+
+    baseline = _peak_rss()
+    hf = json.loads((model_dir / "config.json").read_text())
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+        num_query_heads=hf["num_attention_heads"], hidden_dim=hf["hidden_size"],
+        intermediate_dim=hf["intermediate_size"], num_key_value_heads=hf["num_key_value_heads"],
+        rope_max_wavelength=hf.get("rope_theta") or hf["rope_parameters"]["rope_theta"], layer_norm_epsilon=hf["rms_norm_eps"], dtype=dtype)
+    weights = load_file(model_dir / "model.safetensors")  # keras-hub's own HF converter, by hand
+
+    def port(variable, name, transpose=False):
+        w = weights.pop(name).astype("float32")
+        variable.assign(np.reshape(w.T if transpose else w, variable.shape))
+
+    port(backbone.get_layer("token_embedding").embeddings, "model.embed_tokens.weight")
+    port(backbone.get_layer("token_embedding").reverse_embeddings, "lm_head.weight", transpose=True)
+    for i in range(backbone.num_layers):
+        layer, prefix = backbone.get_layer(f"transformer_layer_{i}"), f"model.layers.{i}."
+        attention = layer._self_attention_layer
+        port(layer._self_attention_layernorm.scale, prefix + "input_layernorm.weight")
+        port(layer._feedforward_layernorm.scale, prefix + "post_attention_layernorm.weight")
+        for dense, name in [(attention._query_dense, "q_proj"), (attention._key_dense, "k_proj"),
+                            (attention._value_dense, "v_proj"), (attention._output_dense, "o_proj")]:
+            port(dense.kernel, f"{prefix}self_attn.{name}.weight", transpose=True)
+        for dense, name in [(layer._feedforward_gate_dense, "gate_proj"),
+                            (layer._feedforward_intermediate_dense, "up_proj"),
+                            (layer._feedforward_output_dense, "down_proj")]:
+            port(dense.kernel, f"{prefix}mlp.{name}.weight", transpose=True)
+    port(backbone.get_layer("sequence_output_layernorm").scale, "model.norm.weight")
+    del weights
+    causal_lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+    causal_lm.compile(sampler="greedy")
+    causal_lm.jit_compile = jit_compile
+    causal_lm.generate_function = None
+
+    def generate(prompts, n):
+        ids = np.array(prompts, "int32")
+        tokens = np.concatenate([ids, np.zeros((len(ids), n), "int32")], axis=1)
+        mask = np.concatenate([np.ones_like(ids, bool), np.zeros((len(ids), n), bool)], axis=1)
+        causal_lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
+    # keras-hub ships no non-XLA fast path; under XLA every new shape compiles for minutes on this CPU,
+    # so the jit run measures fewer tokens and batch 1 only.
+    measured = _measure(generate, hf["vocab_size"], 8 if jit_compile else new_tokens,
+                        batches=(1,) if jit_compile else (1, BATCH), repeats=1 if jit_compile else 2)
+    keras.backend.clear_session()
+    return {**measured, "baseline_rss": baseline}
+
+
+def worker_llama_cpp(model_dir: Path, new_tokens: int, **_) -> dict:
+    import llama_cpp
+
+    baseline = _peak_rss()
+    llm = llama_cpp.Llama(model_path=str(model_dir / "model.gguf"), n_ctx=1024, n_batch=PREFILL_TOKENS,
+                          n_threads=os.cpu_count(), verbose=False)
+
+    def generate(prompts, n):
+        (prompt,) = prompts                                 # the Python binding decodes one sequence
+        llm.reset()
+        for count, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0), 1):
+            if count == n:
+                break
+    return {**_measure(generate, llm.n_vocab(), new_tokens, batches=(1,)), "baseline_rss": baseline}
+
+
+def worker_bandwidth(**_) -> dict:
+    "Read rate (bytes/s) of TensorFlow's float32 matrix-vector product on a 256 MiB matrix."
+    import tensorflow as tf
+
+    matrix, vector = tf.random.normal((8192, 8192)), tf.random.normal((1, 8192))
+    product = tf.function(lambda v: tf.matmul(v, matrix))
+    product(vector).numpy()
+    times = []
+    for _ in range(30):
+        begin = time.perf_counter()
+        product(vector).numpy()
+        times.append(time.perf_counter() - begin)
+    return {"read_rate": matrix.shape[0] * matrix.shape[1] * 4 / min(times)}
+
+
+WORKERS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers, "keras_hub": worker_keras_hub,
+           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preparing the weights (also in their own processes, so that no peer inherits their memory).
+
+def make_hf_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llama_tf.checkpoint import hf_config
+    from llama_tf.config import LlamaConfig as Config
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**hf_config(Config(**SHAPES[shape], max_seq_len=2048)))
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.save_pretrained(model_dir)                       # config.json + model.safetensors
+    return {}
+
+
+def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
+    """model.gguf from the HF checkpoint: llama.cpp's tensor names, q/k rows back in Meta's layout
+    (what `read_checkpoint` gives), norms in float32, the other tensors in `dtype`."""
+    import gguf
+    import ml_dtypes
+    import sentencepiece
+
+    from llama_tf.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(model_dir)
+    c = checkpoint.config
+    names = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
+             "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+             "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down",
+             "feed_forward.w3": "ffn_up", "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
+    partial = model_dir / "model.gguf.partial"
+    writer = gguf.GGUFWriter(partial, "llama")
+    writer.add_context_length(c.max_seq_len)
+    writer.add_embedding_length(c.dim)
+    writer.add_block_count(c.n_layers)
+    writer.add_feed_forward_length(c.hidden_dim)
+    writer.add_rope_dimension_count(c.head_dim)
+    writer.add_head_count(c.n_heads)
+    writer.add_head_count_kv(c.n_kv_heads)
+    writer.add_layer_norm_rms_eps(c.norm_eps)
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_BF16)
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
+    kinds = [gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+             else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL for i in range(sp.vocab_size())]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([sp.id_to_piece(i).encode() for i in range(sp.vocab_size())])
+    writer.add_token_scores([sp.get_score(i) for i in range(sp.vocab_size())])
+    writer.add_token_types(kinds)
+    writer.add_bos_token_id(sp.bos_id())
+    writer.add_eos_token_id(sp.eos_id())
+    writer.add_unk_token_id(sp.unk_id())
+
+    for name, ref in checkpoint.tensors.items():
+        parts = name.removesuffix(".weight").split(".")
+        target = f"blk.{parts[1]}.{names['.'.join(parts[2:])]}" if parts[0] == "layers" else names[parts[0]]
+        w = np.ascontiguousarray(ref.load(), dtype="float32")
+        if dtype == "bfloat16" and w.ndim == 2:
+            writer.add_tensor(target + ".weight", w.astype(ml_dtypes.bfloat16).view(np.uint16),
+                              raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            writer.add_tensor(target + ".weight", w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(partial, model_dir / "model.gguf")
+    return {}
+
+
+TASKS = {**WORKERS, "make_hf_weights": make_hf_weights, "make_gguf": make_gguf}
+
+
+def run_task(task: str, timeout: float | None = None, **kwargs) -> dict:
+    "Runs `task` in a fresh Python process; its result, or {'error': ...}."
+    command = [sys.executable, __file__, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"{task} did not finish in {timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+
+def weight_bytes(model_dir: Path) -> tuple[int, int]:
+    "(bytes of all weights, bytes read per generated token: all but the embedding rows not looked up)."
+    from safetensors import safe_open
+
+    total = per_token = 0
+    with safe_open(model_dir / "model.safetensors", "np") as f:
+        tied = "lm_head.weight" not in f.keys()
+        for name in f.keys():
+            size = f.get_slice(name)
+            n = np.prod(size.get_shape()) * {"F32": 4, "BF16": 2, "F16": 2}[size.get_dtype()]
+            total += n
+            per_token += 0 if name == "model.embed_tokens.weight" and not tied else n
+    return int(total), int(per_token)
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    packages = ["tensorflow", "keras", "keras-hub", "torch", "transformers", "llama-cpp-python", "gguf"]
+    return ", ".join(f"{p} {version(p)}" for p in packages)
+
+
+def report(rows: list[dict], read_rate: float) -> str:
+    lines = ["| shape | dtype | peer | prefill tok/s | decode b1 tok/s | decode b8 tok/s | peak RSS GiB "
+             "(× weights) |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ours = next((r for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
+                     and r["peer"] == "llama_tf"), {})
+        if "error" in row:
+            lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | error: {row['error'][:80]} ||||")
+            continue
+
+        def cell(key):
+            if key not in row:
+                return "—"
+            ratio = f" ({row[key] / ours[key]:.2f}×)" if key in ours and row["peer"] != "llama_tf" else ""
+            return f"{row[key]:.1f}{ratio}"
+        memory = f"{row['peak_rss'] / 2**30:.2f} ({row['peak_rss'] / row['weights']:.2f}×)"
+        lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | {cell('prefill')} | "
+                     f"{cell('decode_b1')} | {cell('decode_b8')} | {memory} |")
+    lines.append("")
+    lines.append(f"Matrix-vector read rate (TensorFlow, float32, 256 MiB matrix): {read_rate / 1e9:.1f} GB/s.")
+    for row in rows:
+        if row["peer"] == "llama_tf" and "decode_b1" in row:
+            bound = read_rate / row["per_token"]
+            lines.append(f"- {row['shape']} {row['dtype']}: {row['per_token'] / 1e6:.0f} MB of weights per token, "
+                         f"bound {bound:.1f} tok/s; llama_tf decodes at {row['decode_b1'] / bound:.0%} of it "
+                         f"(process baseline after imports: {row['baseline_rss'] / 2**30:.2f} GiB)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared/tokenizers/llama/tokenizer.model")
+    p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
+    p.add_argument("--xla-timeout", type=float, default=900, help="seconds allowed to keras-hub's XLA run")
+    p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--task", help=argparse.SUPPRESS)
+    p.add_argument("--task-args", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.task:
+        kwargs = json.loads(args.task_args)
+        kwargs = {k: Path(v) if k in ("model_dir", "tokenizer") else v for k, v in kwargs.items()}
+        result = TASKS[args.task](**kwargs)
+        print(json.dumps({**result, "peak_rss": _peak_rss()}))
+        return 0
+
+    if not args.tokenizer.is_file():
+        p.error(f"tokenizer not found: {args.tokenizer} (pass --tokenizer)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llama_tf_bench_"))
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {versions()}", flush=True)
+    read_rate = run_task("bandwidth")["read_rate"]
+    rows = []
+    for shape in args.shapes.split(","):
+        for dtype in args.dtypes.split(","):
+            model_dir = workdir / f"{shape}-{dtype}"
+            if not (model_dir / "model.safetensors").exists():
+                run_task("make_hf_weights", model_dir=model_dir, shape=shape, dtype=dtype)
+            total, per_token = weight_bytes(model_dir)
+            for peer in args.peers.split(","):
+                if peer == "llama_cpp" and not (model_dir / "model.gguf").exists():
+                    run_task("make_gguf", model_dir=model_dir, dtype=dtype, tokenizer=args.tokenizer)
+                variants = [False, True] if peer == "keras_hub" and shape == "134m" else [False]
+                results = [run_task(peer, timeout=args.xla_timeout if jit else None, model_dir=model_dir, dtype=dtype,
+                                    tokenizer=args.tokenizer, new_tokens=args.new_tokens, jit_compile=jit)
+                           for jit in variants]
+                result = results[0]
+                for other in results[1:]:   # keras-hub under XLA: keep the better figures
+                    result = {**result, "jit_compile": other}
+                    for key in ("prefill", "decode_b1"):
+                        if key in result and other.get(key, 0) > result[key]:
+                            result[key] = other[key]
+                row = {"shape": shape, "dtype": dtype, "peer": peer, "weights": total, "per_token": per_token, **result}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print()
+    print(report(rows, read_rate))
+    if args.json:
+        args.json.write_text(json.dumps({"read_rate": read_rate, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
