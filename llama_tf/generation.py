@@ -87,7 +87,8 @@ class Decoder:
         if len(prompts) == 0 or lengths.min() == 0:
             raise ValueError("every prompt needs at least one token (BOS counts)")
         if lengths.max() > self.max_seq_len:
-            raise ValueError(f"a prompt is {lengths.max()} tokens, longer than the model's context of "
+            which = "the prompt" if len(prompts) == 1 else f"prompt {int(lengths.argmax())}"
+            raise ValueError(f"{which} is {lengths.max()} tokens, longer than the model's context of "
                              f"{self.max_seq_len}")
         budget = np.minimum(max_new_tokens, self.max_seq_len - lengths)    # new tokens each row may have
         return self._steps(prompts, lengths, budget, sampler, stop_ids)

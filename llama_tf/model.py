@@ -85,7 +85,7 @@ def call_with_cache(model: keras.Model, token_ids, cache: list, cache_index, sta
     h = embedding(token_ids)
     updated = []
     for block, layer_cache in zip(blocks, cache):
-        h, layer_cache = block(h, layer_cache, cache_index, angles, mask)
+        h, layer_cache = block(h, cache=layer_cache, cache_index=cache_index, angles=angles, attention_mask=mask)
         updated.append(layer_cache)
     h = model.get_layer("norm")(h[:, -1:])
     tied = all(layer.name != "output" for layer in model.layers)

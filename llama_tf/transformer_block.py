@@ -37,7 +37,8 @@ class TransformerBlock(keras.layers.Layer):
     def call(self, x, cache=None, cache_index=None, angles=None, attention_mask=None, training=None):
         """x (batch, seq, dim) -> (batch, seq, dim); with a key/value `cache` (see `Attention`),
         -> (output, updated cache)."""
-        attended = self.attention(self.attention_norm(x), cache, cache_index, angles, attention_mask)
+        attended = self.attention(self.attention_norm(x), cache=cache, cache_index=cache_index,
+                                  angles=angles, attention_mask=attention_mask)
         if cache is not None:
             attended, cache = attended
         h = x + self.branch_dropout(attended, training=training)

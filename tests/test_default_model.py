@@ -101,10 +101,14 @@ def test_training_tokenizes_line_by_line_as_eval_does_whole(llm, heldout):
     np.testing.assert_array_equal(token_stream(plain, part), plain.tokenize(part).numpy())
 
 
-def test_generate_from_the_command_line(capsys):
+def test_generate_from_the_command_line(llm, capsys):
+    "The command streams prompt + continuation, the same text as `generate`, sampling options included."
     assert main(["generate", "ROMEO:", "--max-new-tokens", "12"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+    assert capsys.readouterr().out == "ROMEO:" + llm.generate("ROMEO:", 12) + "\n"
+    argv = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed", "2", "--stop", "\n\n"]
+    assert main(["generate", "ROMEO:", "--max-new-tokens", "40", *argv]) == 0
+    expected = llm.generate("ROMEO:", 40, 0.8, 2, top_k=40, top_p=0.9, stop="\n\n")
+    assert capsys.readouterr().out == "ROMEO:" + expected + "\n"
 
 
 def test_sampling_is_reproducible(llm):
@@ -117,6 +121,8 @@ def test_sampling_is_reproducible(llm):
 @pytest.mark.parametrize("argv, message", [
     (["generate", "ROMEO:", "--weights", "/nonexistent/model"], "error: checkpoint not found: /nonexistent/model"),
     (["generate", "ROMEO:", "--temperature", "-1"], "error: temperature must be a finite number >= 0"),
+    (["generate", "ROMEO:", "--top-p", "1.5"], "error: top_p must be a number in (0, 1]"),
+    (["generate", "ROMEO:", "--stop", ""], "error: stop must be a non-empty string"),
     (["generate", "ROMEO:" * 200], "error: the prompt is 401 tokens, longer than the model's context of 256"),
     (["eval", "/nonexistent/text.txt"], "error: [Errno 2] No such file or directory"),
 ])

@@ -1,0 +1,167 @@
+"""Generation with the key/value cache: equal to the uncached model step by step, independent of padding,
+reproducible sampling that follows top-k / top-p, stop rules, and streaming that never splits a character.
+
+Tolerance (float32): max |Δlogits| <= 1e-4 × max |logits of the uncached model|.
+"""
+
+import numpy as np
+import pytest
+
+import llama_tf
+from llama_tf.generation import Sampler, TextStream
+from llama_tf.model import call_with_cache, new_cache
+from reference import hf_model, max_relative_error, write_hf
+
+TOLERANCE = 1e-4
+PROMPTS = ["Beautiful is better than ugly.", "Simple", "Now is better than never. Although never is often"]
+
+
+@pytest.fixture(scope="module", params=["multi-head", "grouped-query"])
+def llm(request, tmp_path_factory, tiny_tokenizer_proto):
+    kv_heads = {"multi-head": 4, "grouped-query": 2}[request.param]
+    model = hf_model(num_key_value_heads=kv_heads, num_hidden_layers=3)
+    return llama_tf.load(write_hf(model, tmp_path_factory.mktemp("llm"), tiny_tokenizer_proto), max_seq_len=64)
+
+
+def tokens(llm, text):
+    return llm.tokenizer.tokenize(text).numpy().tolist()
+
+
+def test_every_decode_step_matches_the_uncached_model(llm):
+    "Prefill, then one token per step: the logits of each step equal the full model on the whole sequence."
+    ids = tokens(llm, PROMPTS[0])
+    start = np.zeros(1, "int32")
+    logits, cache = call_with_cache(llm.model, np.array([ids], "int32"), new_cache(llm.model, 1, 40), 0, start)
+    for _ in range(16):
+        uncached = np.asarray(llm.model(np.array([ids], "int32")))[0, -1]
+        assert max_relative_error(logits[0], uncached) <= TOLERANCE
+        ids.append(int(np.argmax(uncached)))
+        logits, cache = call_with_cache(llm.model, np.array([ids[-1:]], "int32"), cache, len(ids) - 1, start)
+
+
+def test_cached_greedy_equals_uncached_greedy(llm):
+    prompt = tokens(llm, PROMPTS[2])
+    ids = list(prompt)
+    for _ in range(20):
+        ids.append(int(np.argmax(np.asarray(llm.model(np.array([ids], "int32")))[0, -1])))
+    assert llm.generate_ids(prompt, 20, stop_ids=()) == ids[len(prompt):]
+
+
+def test_padding_does_not_change_any_row(llm):
+    "A batch of prompts of different lengths gives each row exactly what it gives alone."
+    prompts = [tokens(llm, p) for p in PROMPTS]
+    assert len({len(p) for p in prompts}) == 3
+    alone = [llm.generate_ids(p, 12, stop_ids=()) for p in prompts]
+    assert llm.generate_ids(prompts, 12, stop_ids=()) == alone
+    assert llm.generate(PROMPTS, 12) == [llm.generate(p, 12) for p in PROMPTS]
+
+    width = max(len(p) for p in prompts)
+    start = np.array([width - len(p) for p in prompts], "int32")
+    padded = np.array([[0] * s + p for s, p in zip(start, prompts)], "int32")
+    batch_logits, _ = call_with_cache(llm.model, padded, new_cache(llm.model, 3, 64), 0, start)
+    for row, p in enumerate(prompts):
+        single, _ = call_with_cache(llm.model, np.array([p], "int32"), new_cache(llm.model, 1, 64), 0, np.zeros(1, "int32"))
+        assert max_relative_error(batch_logits[row], single[0]) <= TOLERANCE
+
+
+def test_generation_stops_at_a_stop_id_and_at_a_full_context(llm):
+    prompt = tokens(llm, PROMPTS[0])
+    free = llm.generate_ids(prompt, 10, stop_ids=())
+    assert llm.generate_ids(prompt, 10, stop_ids=[free[3]]) == free[: free.index(free[3]) + 1]
+    assert len(prompt) + len(llm.generate_ids(prompt, 1000, stop_ids=())) == llm.config.max_seq_len
+    rows = llm.generate_ids([prompt, prompt[:2]], 1000, stop_ids=())   # each row fills its own context
+    assert [len(r) for r in rows] == [llm.config.max_seq_len - len(prompt), llm.config.max_seq_len - 2]
+
+
+def test_eos_is_the_default_stop(llm, monkeypatch):
+    prompt = tokens(llm, PROMPTS[1])
+    free = llm.generate_ids(prompt, 10, stop_ids=())
+    monkeypatch.setattr(llm.tokenizer, "eos_id", free[2])
+    assert llm.generate_ids(prompt, 10) == free[: free.index(free[2]) + 1]
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(llm):
+    first = llm.generate(PROMPTS[0], 16, temperature=1.0, seed=7)
+    assert llm.generate(PROMPTS[0], 16, temperature=1.0, seed=7) == first
+    assert llm.generate(PROMPTS[0], 16, temperature=1.0, seed=8) != first
+    greedy = llm.generate(PROMPTS[0], 16)
+    assert llm.generate(PROMPTS[0], 16, temperature=5.0, top_k=1, seed=1) == greedy
+    assert llm.generate(PROMPTS[0], 16, temperature=5.0, top_p=1e-9, seed=1) == greedy
+
+
+def test_sampler_follows_temperature_top_k_and_meta_nucleus_rule():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.tile(np.log(probs), (40_000, 1))
+
+    def frequencies(**options):
+        return np.bincount(Sampler(seed=0, **options)(logits), minlength=4) / len(logits)
+
+    np.testing.assert_allclose(frequencies(temperature=1.0), probs, atol=0.01)
+    np.testing.assert_allclose(frequencies(temperature=1.0, top_k=2), [0.625, 0.375, 0, 0], atol=0.01)
+    # Meta's rule keeps a token while the mass before it is <= p: 0.7 keeps 0 (before: 0) and 1 (0.5), not 2 (0.8)
+    np.testing.assert_allclose(frequencies(temperature=1.0, top_p=0.7), [0.625, 0.375, 0, 0], atol=0.01)
+    np.testing.assert_allclose(frequencies(temperature=1.0, top_p=0.85), [0.5, 0.3, 0.15, 0] / np.float64(0.95),
+                               atol=0.01)
+    sharpened = probs ** 2 / np.sum(probs ** 2)
+    np.testing.assert_allclose(frequencies(temperature=0.5), sharpened, atol=0.01)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(temperature=-0.1), "temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+    (dict(top_k=-1), "top_k must be an integer >= 0"),
+    (dict(top_k=2.5), "top_k must be an integer >= 0"),
+    (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be a number in \(0, 1\]"),
+    (dict(seed="1"), "seed must be an integer or None"),
+    (dict(stop=""), "stop must be a non-empty string or a list of them"),
+    (dict(stop=["ok", 3]), "stop must be a non-empty string or a list of them"),
+])
+def test_invalid_sampling_arguments(llm, options, message):
+    with pytest.raises(ValueError, match=message):
+        llm.generate(PROMPTS[0], 4, **options)
+
+
+def test_streaming_a_batch_is_refused(llm):
+    with pytest.raises(ValueError, match="stream=True generates one prompt at a time"):
+        llm.generate(PROMPTS, 4, stream=True)
+
+
+def test_stop_strings_end_the_text_before_them(llm):
+    text = llm.generate(PROMPTS[0], 24)
+    stop = text[5:8]
+    expected = text[: text.find(stop)]
+    assert llm.generate(PROMPTS[0], 24, stop=stop) == expected
+    assert llm.generate(PROMPTS[0], 24, stop=["never appears \x00", stop]) == expected
+    assert "".join(llm.generate(PROMPTS[0], 24, stop=stop, stream=True)) == expected
+
+
+def test_stream_yields_the_same_text_piece_by_piece(llm):
+    pieces = list(llm.generate(PROMPTS[2], 24, stream=True))
+    assert len(pieces) > 1
+    assert "".join(pieces) == llm.generate(PROMPTS[2], 24)
+    sampled = dict(temperature=0.9, top_k=50, top_p=0.9, seed=5)
+    assert "".join(llm.generate(PROMPTS[2], 24, stream=True, **sampled)) == llm.generate(PROMPTS[2], 24, **sampled)
+
+
+def test_stream_never_splits_a_multibyte_character(llama_tokenizer_path):
+    "Byte-fallback pieces arrive one UTF-8 byte at a time; the stream holds them until a character is whole."
+    tokenizer = llama_tf.Tokenizer(llama_tokenizer_path)
+    text = "Grüße aus Köln 🦙 — 東京で会いましょう, naïve café"
+    ids = tokenizer.tokenize(text).numpy().tolist()
+    byte_pieces = [i for i in ids if tokenizer.id_to_string(i).startswith("<0x")]
+    assert len(byte_pieces) >= 4                                     # the llama emoji has no piece of its own
+    stream = TextStream(tokenizer, ids[:1])                          # prompt: BOS
+    pieces = [stream.push(i) for i in ids[1:]] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert "" in pieces                                              # something was held back
+
+
+def test_stream_holds_back_what_may_start_a_stop_string(llama_tokenizer_path):
+    tokenizer = llama_tf.Tokenizer(llama_tokenizer_path)
+    ids = tokenizer.tokenize("one\n\nEN").numpy().tolist()
+    stream = TextStream(tokenizer, ids[:1], stop=["\n\nEND"])
+    emitted = "".join(stream.push(i) for i in ids[1:])
+    assert emitted == "one" and not stream.stopped                   # "\n\nEN" may become "\n\nEND"...
+    assert stream.flush() == "\n\nEN"                                # ...until the end says it did not
