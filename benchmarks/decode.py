@@ -55,7 +55,8 @@ def _prompts(vocab: int, batch: int, length: int) -> list[list[int]]:
 
 
 def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats: int = 2) -> dict:
-    """`generate(prompts, n)` must produce n new tokens for every prompt. Best of `repeats` runs."""
+    """`generate(prompts, n)` must produce n new tokens for every prompt and return the first row's.
+    Best of `repeats` runs; `tokens`: 8 greedy tokens after the first 32-token prompt (peers must agree)."""
     def best(prompts, n):
         times = []
         for _ in range(repeats):
@@ -65,7 +66,7 @@ def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats:
         return min(times)
 
     generate(_prompts(vocab, 1, 8), 2)                                     # warm-up (compilation)
-    result = {"prefill": PREFILL_TOKENS / best(_prompts(vocab, 1, PREFILL_TOKENS), 1)}
+    result = {"tokens": [int(t) for t in generate(_prompts(vocab, 1, PROMPT_TOKENS), 8)],"prefill": PREFILL_TOKENS / best(_prompts(vocab, 1, PREFILL_TOKENS), 1)}
     for batch in batches:
         prompts = _prompts(vocab, batch, PROMPT_TOKENS)
         first, full = best(prompts, 1), best(prompts, new_tokens)
@@ -81,8 +82,7 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
 
     def generate(prompts, n):
-        for _ in llm.decoder(prompts, n, Sampler(), stop_ids=()):
-            pass
+        return [int(step[0]) for step in llm.decoder(prompts, n, Sampler(), stop_ids=())]
     return {**_measure(generate, llm.config.vocab_size, new_tokens), "baseline_rss": baseline}
 
 
@@ -97,8 +97,9 @@ def worker_transformers(model_dir: Path, dtype: str, new_tokens: int, **_) -> di
     def generate(prompts, n):
         ids = torch.tensor(prompts)
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=0)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, pad_token_id=0)
+        return out[0, ids.shape[1]:].tolist()
     return {**_measure(generate, model.config.vocab_size, new_tokens), "baseline_rss": baseline}
 
 
@@ -145,7 +146,8 @@ def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, jit_compile: 
         ids = np.array(prompts, "int32")
         tokens = np.concatenate([ids, np.zeros((len(ids), n), "int32")], axis=1)
         mask = np.concatenate([np.ones_like(ids, bool), np.zeros((len(ids), n), bool)], axis=1)
-        causal_lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
+        out = causal_lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
+        return np.asarray(out["token_ids"])[0, ids.shape[1]:].tolist()
     # Under XLA every new input shape compiles first (minutes on this CPU), so the jit run measures fewer
     # tokens and batch 1 only; best of 2 leaves the compilation out.
     measured = _measure(generate, hf["vocab_size"], 8 if jit_compile else new_tokens,
@@ -155,19 +157,41 @@ def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, jit_compile: 
 
 
 def worker_llama_cpp(model_dir: Path, new_tokens: int, **_) -> dict:
-    import llama_cpp
+    "llama.cpp through llama-cpp-python's C API, which (unlike its `Llama` class) decodes several sequences."
+    import llama_cpp as cpp
 
     baseline = _peak_rss()
-    llm = llama_cpp.Llama(model_path=str(model_dir / "model.gguf"), n_ctx=1024, n_batch=PREFILL_TOKENS,
-                          n_threads=os.cpu_count(), verbose=False)
+    cpp.llama_backend_init()
+    model = cpp.llama_model_load_from_file(str(model_dir / "model.gguf").encode(), cpp.llama_model_default_params())
+    params = cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 2048, PREFILL_TOKENS, PREFILL_TOKENS, BATCH
+    params.n_threads = params.n_threads_batch = os.cpu_count()
+    params.kv_unified = True                                   # any sequence may use the whole context
+    ctx = cpp.llama_init_from_model(model, params)
+    vocab = cpp.llama_vocab_n_tokens(cpp.llama_model_get_vocab(model))
+    batch = cpp.llama_batch_init(PREFILL_TOKENS, 0, BATCH)
+
+    def decode(entries) -> list[int]:
+        "entries: (token, position, sequence); returns the greedy next token of each sequence's last entry."
+        batch.n_tokens = len(entries)
+        last = {seq: i for i, (_, _, seq) in enumerate(entries)}
+        for i, (token, position, seq) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, i in last.values()
+        if cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return [int(np.ctypeslib.as_array(cpp.llama_get_logits_ith(ctx, i), shape=(vocab,)).argmax())
+                for i in last.values()]
 
     def generate(prompts, n):
-        (prompt,) = prompts                                 # the Python binding decodes one sequence
-        llm.reset()
-        for count, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0), 1):
-            if count == n:
-                break
-    return {**_measure(generate, llm.n_vocab(), new_tokens, batches=(1,)), "baseline_rss": baseline}
+        cpp.llama_memory_clear(cpp.llama_get_memory(ctx), True)
+        tokens = decode([(t, p, s) for s, prompt in enumerate(prompts) for p, t in enumerate(prompt)])
+        first = [tokens[0]]
+        for step in range(n - 1):
+            tokens = decode([(t, len(prompts[s]) + step, s) for s, t in enumerate(tokens)])
+            first.append(tokens[0])
+        return first
+    return {**_measure(generate, vocab, new_tokens), "baseline_rss": baseline}
 
 
 def worker_bandwidth(**_) -> dict:
@@ -200,7 +224,9 @@ def make_hf_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     from llama_tf.config import LlamaConfig as Config
 
     torch.manual_seed(0)
-    config = LlamaConfig(**hf_config(Config(**SHAPES[shape], max_seq_len=2048)))
+    # A wider initialisation than transformers' 0.02, so that greedy decoding does not settle on one
+    # token at once and the peers' token sequences are a real check of the conversions.
+    config = LlamaConfig(**hf_config(Config(**SHAPES[shape], max_seq_len=2048)), initializer_range=0.05)
     model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(model_dir)                       # config.json + model.safetensors
     return {}
@@ -323,6 +349,12 @@ def report(rows: list[dict], read_rate: float) -> str:
         lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | {cell('prefill')} | "
                      f"{cell('decode_b1')} | {cell('decode_b8')} | {memory} |")
     lines.append("")
+    for row in rows:
+        ours = next((r for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
+                     and r["peer"] == "llama_tf"), {})
+        if "tokens" in row and "tokens" in ours and row["tokens"] != ours["tokens"]:
+            lines.append(f"- {row['shape']} {row['dtype']} {row['peer']}: greedy tokens differ from llama_tf's: "
+                         f"{row['tokens']} vs {ours['tokens']}")
     lines.append(f"Matrix-vector read rate (TensorFlow, float32, 256 MiB matrix): {read_rate / 1e9:.1f} GB/s.")
     for row in rows:
         if row["peer"] == "llama_tf" and "decode_b1" in row:

@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -280,8 +281,9 @@ def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
             for name, (var, transposed) in model_variables(model, config).items()}
 
 
-def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef], progress: bool | None = None):
-    """Copy checkpoint tensors into the model, checking that every tensor is present with its config's shape."""
+def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef]) -> dict:
+    """Meta tensor name -> (Keras variable, a function reading the tensor in the variable's orientation).
+    Every tensor the model needs must be present, and no other; each shape is checked when it is read."""
     table = model_variables(model, config)
     missing = [name for name in table if name not in tensors]
     if missing:
@@ -290,10 +292,8 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
     unused = sorted(set(tensors) - set(table))
     if unused:
         raise CheckpointError(f"checkpoint has tensors a model with this config does not use: {unused[:3]}")
-    if progress is None:
-        progress = config.num_parameters > 200_000_000
-    for name, (variable, transposed) in tqdm(table.items(), desc="loading weights", unit="tensor",
-                                              disable=not progress):
+
+    def load(name, variable, transposed):
         ref = tensors[name]
         array = ref.load()
         expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
@@ -303,15 +303,53 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
                 f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
                 f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
             )
-        variable.assign(np.asarray(array.T if transposed else array, dtype=variable.dtype))
+        return np.asarray(array.T if transposed else array, dtype=variable.dtype)
+
+    return {name: (variable, partial(load, name, variable, transposed))
+            for name, (variable, transposed) in table.items()}
+
+
+def _progress(config: LlamaConfig, total: int, progress: bool | None):
+    if progress is None:
+        progress = config.num_parameters > 200_000_000
+    return tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress)
+
+
+def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef], progress: bool | None = None):
+    """Copy checkpoint tensors into a built model, checking that every tensor is present with its config's shape."""
+    loaders = _checked_loaders(model, config, tensors)
+    with _progress(config, len(loaders), progress) as bar:
+        for variable, load in loaders.values():
+            variable.assign(load())
+            bar.update()
 
 
 def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None):
-    "The checkpoint's model with its weights: `build_llama(checkpoint.config)`, then `assign_weights`."
+    """The checkpoint's model with its weights, `build_llama(checkpoint.config)` initialised from the file.
+
+    The model is built inside Keras' `StatelessScope`, which creates the variables without computing
+    their random initial values; each is then initialised straight from its checkpoint tensor, one at a
+    time. Memory holds one copy of the weights (random initialisation first would leave its scratch
+    memory behind: about a third more for float32), and no time goes into random numbers."""
+    from keras.src.backend.common import global_state
+
     from llama_tf.model import build_llama
 
-    model = build_llama(checkpoint.config, dtype=dtype)
-    assign_weights(model, checkpoint.config, checkpoint.tensors, progress=progress)
+    config = checkpoint.config
+    try:
+        with keras.StatelessScope():   # variables created in here are initialised when it exits
+            model = build_llama(config, dtype=dtype)
+            loaders = _checked_loaders(model, config, checkpoint.tensors)
+            bar = _progress(config, len(loaders), progress)
+            for variable, load in loaders.values():
+                variable._initializer = lambda shape, dtype, load=load: (load(), bar.update())[0]
+    except Exception:
+        # Keras keeps the variables of a failed scope in a list it would initialise at the next exit.
+        global_state.set_global_attribute("uninitialized_variables", [])
+        raise
+    finally:
+        if "bar" in locals():
+            bar.close()
     return model
 
 
