@@ -28,7 +28,7 @@ class TransformerBlock(keras.layers.Layer):
         self.attention = Attention(dim, n_heads, self.n_kv_heads, rope_theta, name="attention", dtype=policy)
         self.ffn_norm = RMSNorm(norm_eps, name="ffn_norm", dtype=policy)
         self.feed_forward = FeedForward(dim, hidden_dim, name="feed_forward", dtype=policy)
-        self.branch_dropout = keras.layers.Dropout(dropout, name="branch_dropout")
+        self.branch_dropout = keras.layers.Dropout(dropout, name="branch_dropout", dtype=policy)
 
     def build(self, input_shape):
         for sublayer in (self.attention_norm, self.attention, self.ffn_norm, self.feed_forward):

@@ -165,3 +165,15 @@ def test_stream_holds_back_what_may_start_a_stop_string(llama_tokenizer_path):
     emitted = "".join(stream.push(i) for i in ids[1:])
     assert emitted == "one" and not stream.stopped                   # "\n\nEN" may become "\n\nEND"...
     assert stream.flush() == "\n\nEN"                                # ...until the end says it did not
+
+
+def test_bfloat16_model_generates_like_float32(tmp_path, tiny_tokenizer_proto):
+    "Computing in bfloat16 (weights and activations; softmax and norms in float32) stays close to float32."
+    directory = write_hf(hf_model(num_key_value_heads=2), tmp_path, tiny_tokenizer_proto)
+    full, half = llama_tf.load(directory), llama_tf.load(directory, dtype="bfloat16")
+    ids = np.array([tokens(full, PROMPTS[2])], "int32")
+    assert max_relative_error(half.model(ids), full.model(ids)) <= 3e-2     # bfloat16 keeps 8 bits of mantissa
+    steps = half.generate_ids(ids[0].tolist(), 8, stop_ids=())
+    assert len(steps) == 8
+    cached, _ = call_with_cache(half.model, ids, new_cache(half.model, 1, 64), 0, np.zeros(1, "int32"))
+    assert max_relative_error(cached[0], np.asarray(half.model(ids))[0, -1]) <= 3e-2
