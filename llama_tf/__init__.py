@@ -17,6 +17,7 @@ _EXPORTS = {
     "RMSNorm": "rms_norm",
     "FeedForward": "feed_forward", "ffn_hidden_dim": "feed_forward",
     "Attention": "attention", "apply_rope": "attention", "causal_mask": "attention", "rope_angles": "attention",
+    "visible_keys": "attention", "write_slots": "attention", "tiled_attention": "tiled_attention",
     "TransformerBlock": "transformer_block",
     "TokenEmbedding": "model", "build_llama": "model",
     "LlamaConfig": "config",

@@ -324,8 +324,9 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
             bar.update()
 
 
-def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None):
-    """The checkpoint's model with its weights, `build_llama(checkpoint.config)` initialised from the file.
+def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None, **options):
+    """The checkpoint's model with its weights, `build_llama(checkpoint.config, dtype, **options)`
+    (options: `attention_impl`, `block_size`) initialised from the file.
 
     The model is built inside Keras' `StatelessScope`, which creates the variables without computing
     their random initial values; each is then initialised straight from its checkpoint tensor, one at a
@@ -338,7 +339,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     config = checkpoint.config
     try:
         with keras.StatelessScope():   # variables created in here are initialised when it exits
-            model = build_llama(config, dtype=dtype)
+            model = build_llama(config, dtype=dtype, **options)
             loaders = _checked_loaders(model, config, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():

@@ -32,13 +32,15 @@ def find_tokenizer(directory: str | Path) -> Path | None:
 
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
-         dtype: str = "float32", max_seq_len: int | None = None, progress: bool | None = None) -> LLM:
+         dtype: str = "float32", max_seq_len: int | None = None, progress: bool | None = None,
+         attention_impl: str = "reference", block_size: int = 512) -> LLM:
     """Load a LLaMA checkpoint (Meta or Hugging Face layout, detected) with its tokenizer.
 
     `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable, else the project's default model
     (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any
     stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
-    softmax).
+    softmax). `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
+    tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically.
     """
     if path is None:
         path = os.environ.get(WEIGHTS_ENV)
@@ -64,7 +66,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {config.vocab_size} embeddings"
         )
 
-    return LLM(config, tokenizer, build_model(checkpoint, dtype=dtype, progress=progress))
+    model = build_model(checkpoint, dtype=dtype, progress=progress, attention_impl=attention_impl, block_size=block_size)
+    return LLM(config, tokenizer, model)
 
 
 @dataclass

@@ -35,15 +35,17 @@ class TokenEmbedding(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
 # %% ../notebooks/06_llama.ipynb #75d248f4
-def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.0, name: str = "llama") -> keras.Model:
+def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.0, name: str = "llama",
+                attention_impl: str = "reference", block_size: int = 512) -> keras.Model:
     """A functional `keras.Model`: int32 token ids (batch, seq) -> float32 logits (batch, seq, vocab).
-    `dropout` is for training (see `TransformerBlock`)."""
+    `dropout` is for training (see `TransformerBlock`); `attention_impl="tiled"` computes attention over
+    more than `block_size` tokens tile by tile, in memory linear in the length (see `Attention`)."""
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     embedding = TokenEmbedding(config.vocab_size, config.dim, name="tok_embeddings", dtype=dtype)
     h = embedding(token_ids)
     for i in range(config.n_layers):
-        h = TransformerBlock(config.dim, config.n_heads, config.n_kv_heads, config.hidden_dim,
-                             config.norm_eps, config.rope_theta, dropout, name=f"layers.{i}", dtype=dtype)(h)
+        h = TransformerBlock(config.dim, config.n_heads, config.n_kv_heads, config.hidden_dim, config.norm_eps,
+                             config.rope_theta, dropout, attention_impl, block_size, name=f"layers.{i}", dtype=dtype)(h)
     h = RMSNorm(config.norm_eps, name="norm", dtype=dtype)(h)
     if config.tie_embeddings:
         logits = embedding(h, reverse=True)
@@ -73,19 +75,14 @@ def call_with_cache(model: keras.Model, token_ids, cache: list, cache_index, sta
     position (batch, vocab) and the updated cache."""
     blocks = _blocks(model)
     head_dim, theta = blocks[0].attention.head_dim, blocks[0].attention.rope_theta
-    seq, max_len = ops.shape(token_ids)[1], ops.shape(cache[0][0])[2]
-    slots = cache_index + ops.arange(seq)                                        # (seq,)
-    keys = ops.arange(max_len)                                                   # (max_len,)
-    # (batch, seq, max_len): a token sees its own row's slots up to itself; a padding slot sees only
-    # itself, which keeps its (unused) softmax finite.
-    mask = (keys <= slots[:, None]) & (keys >= start[:, None, None]) | (keys == slots[:, None])
+    slots = cache_index + ops.arange(ops.shape(token_ids)[1])                    # (seq,)
     angles = rope_angles(slots - start[:, None], head_dim, theta)                # (batch, seq, head_dim // 2)
 
     embedding = model.get_layer("tok_embeddings")
     h = embedding(token_ids)
     updated = []
     for block, layer_cache in zip(blocks, cache):
-        h, layer_cache = block(h, cache=layer_cache, cache_index=cache_index, angles=angles, attention_mask=mask)
+        h, layer_cache = block(h, cache=layer_cache, cache_index=cache_index, angles=angles, start=start)
         updated.append(layer_cache)
     h = model.get_layer("norm")(h[:, -1:])
     tied = all(layer.name != "output" for layer in model.layers)

@@ -19,13 +19,16 @@ class TransformerBlock(keras.layers.Layer):
     to the residual stream."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None, hidden_dim: int,
-                 norm_eps: float = 1e-5, rope_theta: float = 10000.0, dropout: float = 0.0, **kwargs):
+                 norm_eps: float = 1e-5, rope_theta: float = 10000.0, dropout: float = 0.0,
+                 attention_impl: str = "reference", block_size: int = 512, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads or n_heads
         self.hidden_dim, self.norm_eps, self.rope_theta, self.dropout = hidden_dim, norm_eps, rope_theta, dropout
+        self.attention_impl, self.block_size = attention_impl, block_size
         policy = self.dtype_policy
         self.attention_norm = RMSNorm(norm_eps, name="attention_norm", dtype=policy)
-        self.attention = Attention(dim, n_heads, self.n_kv_heads, rope_theta, name="attention", dtype=policy)
+        self.attention = Attention(dim, n_heads, self.n_kv_heads, rope_theta, attention_impl, block_size,
+                                   name="attention", dtype=policy)
         self.ffn_norm = RMSNorm(norm_eps, name="ffn_norm", dtype=policy)
         self.feed_forward = FeedForward(dim, hidden_dim, name="feed_forward", dtype=policy)
         self.branch_dropout = keras.layers.Dropout(dropout, name="branch_dropout", dtype=policy)
@@ -34,11 +37,11 @@ class TransformerBlock(keras.layers.Layer):
         for sublayer in (self.attention_norm, self.attention, self.ffn_norm, self.feed_forward):
             sublayer.build(input_shape)
 
-    def call(self, x, cache=None, cache_index=None, angles=None, attention_mask=None, training=None):
+    def call(self, x, cache=None, cache_index=None, angles=None, start=None, training=None):
         """x (batch, seq, dim) -> (batch, seq, dim); with a key/value `cache` (see `Attention`),
         -> (output, updated cache)."""
         attended = self.attention(self.attention_norm(x), cache=cache, cache_index=cache_index,
-                                  angles=angles, attention_mask=attention_mask)
+                                  angles=angles, start=start)
         if cache is not None:
             attended, cache = attended
         h = x + self.branch_dropout(attended, training=training)
@@ -48,4 +51,4 @@ class TransformerBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
                 "hidden_dim": self.hidden_dim, "norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "attention_impl": self.attention_impl, "block_size": self.block_size}
