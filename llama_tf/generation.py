@@ -102,9 +102,13 @@ class Decoder:
         for row, prompt in enumerate(prompts):
             ids[row, start[row]:] = prompt
         slots = width + int(budget.max())                                   # prompts, then the new tokens
-        cache = new_cache(self.model, len(prompts), -(-slots // CACHE_BLOCK) * CACHE_BLOCK)
-
-        logits, cache = self.step(ids, cache, tf.constant(0), start)        # prefill
+        # Prefill into an empty cache, which comes back holding the prompts' keys and values; only then
+        # does each layer's cache get room for the new tokens, one layer at a time. (Zeros of the full
+        # length from the start would be alive twice during the prefill: the empty ones and the written.)
+        logits, cache = self.step(ids, new_cache(self.model, len(prompts), 0), tf.constant(0), start)
+        room = [(0, 0), (0, 0), (0, -(-slots // CACHE_BLOCK) * CACHE_BLOCK - width), (0, 0)]
+        for layer, (keys, values) in enumerate(cache):
+            cache[layer] = (tf.pad(keys, room), tf.pad(values, room))
         finished = budget == 0
         for step in range(int(budget.max())):
             next_ids = np.where(finished, -1, sampler(logits.numpy()))

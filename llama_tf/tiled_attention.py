@@ -3,14 +3,14 @@
 # %% auto #0
 __all__ = ['tiled_attention']
 
-# %% ../notebooks/08_tiled_attention.ipynb #2a597dce
+# %% ../notebooks/08_tiled_attention.ipynb #98b2c6b0
 import math
 
 from keras import ops
 
 from .attention import visible_keys
 
-# %% ../notebooks/08_tiled_attention.ipynb #8c624be7
+# %% ../notebooks/08_tiled_attention.ipynb #d4d0b0d3
 def tiled_attention(q, k, v, query_offset=0, start=None, block_size: int = 512):
     """Causal softmax(q kᵀ / √head_dim) v, computed tile by tile with an online softmax: at most a
     (block_size × block_size) tile of scores per head exists at any time, and key tiles to the right of
