@@ -15,6 +15,8 @@ from reference import hf_model, max_relative_error, write_hf
 TOLERANCE = 1e-4
 
 
+# One query over one key: Keras warns that a softmax over one element is always 1, which is the point.
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")
 @pytest.mark.parametrize("seq, block", [(1, 4), (37, 8), (64, 16), (100, 128)])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_tiled_equals_reference_attention(seq, block, kv_heads):
