@@ -92,11 +92,13 @@ class Attention(keras.layers.Layer):
         if cache is not None:
             k, v = write_slots(cache[0], k, cache_index), write_slots(cache[1], v, cache_index)
         query_slots = (0 if cache_index is None else cache_index) + ops.arange(seq)
-        if self.attention_impl == "tiled":
-            out = ops.cond(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start),
-                           lambda: self.attend(q, k, v, visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start)))
+
+        def direct():                                                  # (batch, seq, heads, head_dim)
+            return self.attend(q, k, v, visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start))
+        if self.attention_impl == "tiled":   # a prefill longer than a block goes tile by tile
+            out = ops.cond(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start), direct)
         else:
-            out = self.attend(q, k, v, visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start))
+            out = direct()
         out = self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))
         return out if cache is None else (out, (k, v))
 
