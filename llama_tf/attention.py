@@ -110,9 +110,11 @@ class Attention(keras.layers.Layer):
         # Query heads grouped by the key/value head they share: (batch, groups, repeats * seq, head_dim).
         q = ops.transpose(ops.reshape(q, (batch, seq, groups, repeats, self.head_dim)), (0, 2, 3, 1, 4))
         q = ops.reshape(q, (batch, groups, repeats * seq, self.head_dim))
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(self.head_dim)
+        # Scores in float32 whatever the compute dtype: rounded to bfloat16 they change greedy tokens.
+        k_t = ops.cast(ops.transpose(k, (0, 1, 3, 2)), "float32")
+        scores = ops.matmul(ops.cast(q, "float32"), k_t) / math.sqrt(self.head_dim)
         scores = ops.reshape(scores, (batch, groups, repeats, seq, -1))      # (..., keys)
-        scores = ops.where(mask[..., None, None, :, :], ops.cast(scores, "float32"), float("-inf"))
+        scores = ops.where(mask[..., None, None, :, :], scores, float("-inf"))
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
         out = ops.matmul(ops.reshape(weights, (batch, groups, repeats * seq, -1)), v)
         out = ops.transpose(ops.reshape(out, (batch, groups, repeats, seq, self.head_dim)), (0, 3, 1, 2, 4))

@@ -43,8 +43,9 @@ def tiled_attention(q, k, v, query_offset=0, start=None, block_size: int = 512):
             m, total, out = state                      # running max, Σ exp(s - m), Σ exp(s - m) v
             k_tile = ops.slice(k, (0, 0, j * block_size, 0), (batch, groups, block_size, head_dim))
             v_tile = ops.slice(v, (0, 0, j * block_size, 0), (batch, groups, block_size, head_dim))
-            s = ops.matmul(q_tile, ops.transpose(k_tile, (0, 1, 3, 2))) / math.sqrt(head_dim)
-            s = ops.reshape(ops.cast(s, "float32"), (*tile, block_size))
+            k_t = ops.cast(ops.transpose(k_tile, (0, 1, 3, 2)), "float32")     # scores in float32
+            s = ops.matmul(ops.cast(q_tile, "float32"), k_t) / math.sqrt(head_dim)
+            s = ops.reshape(s, (*tile, block_size))
             seen = visible_keys(query_slots, j * block_size + ops.arange(block_size), start)
             s = ops.where(seen[:, None, None], s, float("-inf"))
             m_new = ops.maximum(m, ops.max(s, axis=-1))
