@@ -78,9 +78,10 @@ class Decoder:
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
-        """Checks the prompts (now, not when iteration starts), then returns an iterator that yields the next token of every row, step by step, as a (batch,) array; a row that has
-        finished (it produced one of `stop_ids`, or its context is full) yields -1 from then on.
-        Ends when every row has finished or after `max_new_tokens` steps."""
+        """Checks the prompts (now, not when iteration starts), then returns an iterator that yields
+        the next token of every row, step by step, as a (batch,) array; a row that has finished (it
+        produced one of `stop_ids`, or its context is full) yields -1 from then on. Ends when every
+        row has finished or after `max_new_tokens` steps."""
         if not _is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         lengths = np.array([len(p) for p in prompts])
