@@ -68,9 +68,10 @@ class Decoder:
 
     def __init__(self, model: keras.Model, max_seq_len: int):
         self.model, self.max_seq_len = model, max_seq_len
-        attention = _blocks(model)[0].attention
+        blocks = _blocks(model)
+        attention = blocks[0].attention
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
-        signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(_blocks(model)),
+        signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
         # No XLA: on CPU, jit_compile=True made a decode step many times slower.
         self.step = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
@@ -122,8 +123,8 @@ class Decoder:
 
 
 class TextStream:
-    """The text of a continuation, growing as its token ids arrive. `push(id)` returns the new text
-    that is final: it holds back an incomplete UTF-8 character (byte-fallback pieces arrive one byte
+    """The text of a continuation, growing as its token ids arrive. `push(id)` (or `extend(ids)`)
+    returns the new text that is final: it holds back an incomplete UTF-8 character (byte-fallback pieces arrive one byte
     at a time) and any tail that may be the start of a `stop` string. Once a stop string appears,
     the text ends before it and `stopped` is set. `flush()` returns what was held back at the end."""
 
@@ -138,7 +139,10 @@ class TextStream:
         self.stopped = False
 
     def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
+        return self.extend([token_id])
+
+    def extend(self, token_ids: Sequence[int]) -> str:
+        self.ids += [int(t) for t in token_ids]
         full = self.tokenizer.detokenize(self.prompt_ids + self.ids)
         self.text = full[len(self._prefix):] if full.startswith(self._prefix) else self.tokenizer.detokenize(self.ids)
         cuts = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]

@@ -111,13 +111,27 @@ class LLM:
         streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
         if stream:
             return self._stream(steps, streams[0])
-        for next_ids in steps:
-            for text, token in zip(streams, next_ids):
-                if token >= 0 and not text.stopped:
-                    text.push(token)
-            if all(text.stopped for text in streams):
-                break
+        if stops:   # look for them as the text grows, to end each row as soon as it has one
+            for next_ids in steps:
+                for text, token in zip(streams, next_ids):
+                    if token >= 0 and not text.stopped:
+                        text.push(token)
+                if all(text.stopped for text in streams):
+                    break
+        else:       # the text is only needed at the end: decode each row once
+            for text, ids in zip(streams, self._collect(steps, len(rows))):
+                text.extend(ids)
         return streams[0].text if single else [text.text for text in streams]
+
+    @staticmethod
+    def _collect(steps: Iterator, n_rows: int) -> list[list[int]]:
+        "The new ids of every row, from a decoder's steps."
+        new: list[list[int]] = [[] for _ in range(n_rows)]
+        for next_ids in steps:
+            for ids, token in zip(new, next_ids):
+                if token >= 0:
+                    ids.append(int(token))
+        return new
 
     @staticmethod
     def _stream(steps: Iterator, text: TextStream) -> Iterator[str]:
@@ -139,9 +153,6 @@ class LLM:
         single = len(prompt_ids) == 0 or not isinstance(prompt_ids[0], (Sequence, np.ndarray))
         rows = [[int(i) for i in ids] for ids in ([prompt_ids] if single else prompt_ids)]
         stop_ids = [self.tokenizer.eos_id] if stop_ids is None else list(stop_ids)
-        new: list[list[int]] = [[] for _ in rows]
-        for next_ids in self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids):
-            for ids, token in zip(new, next_ids):
-                if token >= 0:
-                    ids.append(int(token))
+        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids)
+        new = self._collect(steps, len(rows))
         return new[0] if single else new
