@@ -5,3 +5,5 @@
 # as it would for a plain script, so saved outputs hold only what the notebook itself prints.
 c = get_config()  # noqa: F821
 c.IPKernelApp.capture_fd_output = False
+# No command history: it would be written to this (committed) profile folder on every run.
+c.HistoryManager.enabled = False
