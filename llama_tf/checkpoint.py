@@ -337,6 +337,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     from llama_tf.model import build_llama
 
     config = checkpoint.config
+    bar = None
     try:
         with keras.StatelessScope():   # variables created in here are initialised when it exits
             model = build_llama(config, dtype=dtype, **options)
@@ -349,7 +350,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
         global_state.set_global_attribute("uninitialized_variables", [])
         raise
     finally:
-        if "bar" in locals():
+        if bar is not None:
             bar.close()
     return model
 
