@@ -2,13 +2,26 @@
 
 Modules:
 
+- `llama_tf.assets`: Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
+- `llama_tf.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.
 - `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`.
+- `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
-- `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained."""
+- `llama_tf.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.
+- `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
+- `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
+- `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
+- `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
+- `llama_tf.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
+- `llama_tf.tiled_attention`: Blockwise causal attention with an online softmax: the result of `Attention.attend`, in memory linear in the sequence length.
+- `llama_tf.tokenizer`: LLaMA's SentencePiece tokenizer as TensorFlow ops: text to int32 ids and back, eagerly, in `tf.function` and in `tf.data`.
+- `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained.
+- `llama_tf.transformer_block`: The pre-norm residual block LLaMA repeats `n_layers` times: `h = x + attention(norm(x))`, `out = h + feed_forward(norm(h))`."""
 
 # The docstring above is written by nbdev-export. Names below are imported on first use, so that the
 # Keras layers (`llama_tf.model` and below) also load on another Keras backend without TensorFlow.
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -31,6 +44,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"llama_tf.{_EXPORTS[name]}"), name)
+    if importlib.util.find_spec(f"llama_tf.{name}") is not None:   # a module: llama_tf.assets, ...
+        return importlib.import_module(f"llama_tf.{name}")
     raise AttributeError(f"module 'llama_tf' has no attribute {name!r}")
 
 

@@ -1,7 +1,10 @@
 """Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf eval FILE`.
 
-`--weights` defaults to $LLAMA_TF_WEIGHTS, else the project's default model (weights/shakespeare).
-Errors are one line on stderr and a non-zero exit status.
+`generate` samples (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by default, so the
+same command prints the same text; `--temperature 0` is greedy. `--weights` defaults to
+$LLAMA_TF_WEIGHTS, else the project's default model (weights/shakespeare). Only the command's own
+output is printed (LLAMA_TF_NATIVE_LOGS=1 shows TensorFlow's log lines too); errors are one line on
+stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
     g.add_argument("--max-new-tokens", type=_non_negative_int, default=100)
-    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    g.add_argument("--temperature", type=float, default=0.6,
+                   help="sampling temperature (default 0.6, as Meta's reference); 0: greedy")
     g.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the K most likely tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="sample from the nucleus of probability P (default 1)")
+    g.add_argument("--top-p", type=float, default=0.9, help="sample from the nucleus of probability P (default 0.9)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end the continuation before TEXT (may be repeated)")
-    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0: the same text every run)")
 
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
@@ -66,4 +70,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from llama_tf.quiet import silence_native_logs
+
+    silence_native_logs()
     sys.exit(main())

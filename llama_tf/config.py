@@ -1,4 +1,9 @@
-"""`LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them."""
+"""`LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
+
+Fields are named as in Meta's `params.json` (`dim`, `n_layers`, `n_heads`, `n_kv_heads`, `hidden_dim`,
+`norm_eps`, `rope_theta`, ...); `from_meta_params` and `from_hf_config` read either file's spelling,
+`num_parameters` counts the weights from the shapes alone, and an inconsistent value raises `ValueError`.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
 
+`Decoder` runs the prompt through the model once and then one token per step on a key/value cache, in
+one `tf.function`; `Sampler` picks each token (greedy, temperature, top-k, top-p, seeded); `TextStream`
+turns ids into text as they arrive, holding back incomplete UTF-8 and possible stop strings.
 `LLM.generate` (in `llama_tf.llm`) puts these together; notebook 06 explains the cache they run on.
 """
 

@@ -1,4 +1,10 @@
-"""`load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it."""
+"""`load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
+
+`load(path)` detects the layout (Meta's `params.json` + `consolidated.*.pth`, or Hugging Face's
+`config.json` + safetensors), finds `tokenizer.model` beside the weights and builds the model without
+random initialisation. `LLM.generate` continues a prompt or a batch, greedy or sampled, whole or
+streamed; `LLM.generate_ids` does the same on token ids.
+"""
 
 from __future__ import annotations
 

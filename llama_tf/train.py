@@ -309,4 +309,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from llama_tf.quiet import silence_native_logs
+
+    silence_native_logs()
     main()

@@ -1,6 +1,21 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run every test: pytest on tests/ and strict nbval on notebooks/.
+# With no arguments, the notebooks are then checked again the way other machines run them: with oneDNN
+# off, on one core, and without ../shared (a fresh clone). Their saved outputs must hold in each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
+[ $# -eq 0 ] || exit 0
+
+nbval() { .venv/bin/python -m pytest notebooks -q -p no:warnings "$@"; }
+echo "== the notebooks with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)"
+TF_ENABLE_ONEDNN_OPTS=0 nbval
+if command -v taskset >/dev/null; then
+    echo "== the notebooks on one core (taskset -c 0)"
+    taskset -c 0 .venv/bin/python -m pytest notebooks -q -p no:warnings
+fi
+echo "== the notebooks without ../shared, as on a fresh clone (notebooks that need it skip)"
+no_shared=$(mktemp -d)
+trap 'rm -rf "$no_shared"' EXIT
+CI= LLAMA_TF_SHARED="$no_shared" XDG_CACHE_HOME="$no_shared/cache" nbval

@@ -7,17 +7,23 @@ in CI (CI=true).
 
 import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
 
+from llama_tf import assets
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LLAMA_TF_SHARED", ROOT.parent / "shared"))
+SHARED = assets.shared_folder()
 IN_CI = os.environ.get("CI", "").lower() == "true"
-LLAMA_TOKENIZER = "tokenizers/llama/tokenizer.model"
+LLAMA_TOKENIZER = assets.ASSETS["llama-tokenizer"].path
 
 # Kernels started by nbval read this IPython profile, which keeps C++ log lines out of cell outputs.
 os.environ.setdefault("IPYTHONDIR", str(ROOT / "tests" / "ipython"))
+# Tests never download (llama_tf.assets), and run on the shipped default model whatever the shell has set.
+os.environ[assets.OFFLINE_ENV] = "1"
+os.environ.pop("LLAMA_TF_WEIGHTS", None)
 
 
 def missing(reason: str):
@@ -43,14 +49,18 @@ def require(module: str):
 
 
 def pytest_collection_modifyitems(config, items):
-    "Notebooks that read ../shared skip as a whole where it is absent (never in CI)."
-    if (SHARED / LLAMA_TOKENIZER).is_file() or IN_CI:
+    """A notebook that fetches an asset (`llama_tf.assets.fetch("name")`) skips as a whole where the file is
+    not on this machine: tests never download it. In CI a missing file fails the first test that reads it."""
+    if IN_CI:
         return
-    skip = pytest.mark.skip(reason=f"needs {SHARED / LLAMA_TOKENIZER}; set LLAMA_TF_SHARED")
     for item in items:
         path = Path(str(item.fspath))
-        if path.suffix == ".ipynb" and "LLAMA_TF_SHARED" in path.read_text():
-            item.add_marker(skip)
+        if path.suffix != ".ipynb":
+            continue
+        absent = [name for name in re.findall(r'assets\.fetch\(\\?"([\w-]+)\\?"\)', path.read_text())
+                  if assets.find(name) is None]
+        if absent:
+            item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(absent)} (llama_tf.assets); set LLAMA_TF_SHARED"))
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ def test_training_tokenizes_line_by_line_as_eval_does_whole(llm, heldout):
 
 def test_generate_from_the_command_line(llm, capsys):
     "The command streams prompt + continuation, the same text as `generate`, sampling options included."
-    assert main(["generate", "ROMEO:", "--max-new-tokens", "12"]) == 0
+    assert main(["generate", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == "ROMEO:" + llm.generate("ROMEO:", 12) + "\n"
     argv = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed", "2", "--stop", "\n\n"]
     assert main(["generate", "ROMEO:", "--max-new-tokens", "40", *argv]) == 0
@@ -138,3 +138,21 @@ def test_invalid_numbers_are_rejected_by_the_parser(capsys):
         main(["generate", "ROMEO:", "--max-new-tokens", "-3"])
     assert exit_info.value.code == 2
     assert "must be a non-negative integer" in capsys.readouterr().err
+
+
+def test_the_command_line_prints_only_its_own_output(llm):
+    """Run as a user would: no TensorFlow log lines on stderr, the default sampled continuation (temperature 0.6,
+    top-p 0.9, seed 0) on stdout, and an error as one line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LLAMA_TF_NATIVE_LOGS")}
+    command = [sys.executable, "-m", "llama_tf", "generate", "ROMEO:", "--max-new-tokens", "30"]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert (run.returncode, run.stderr) == (0, "")
+    expected = llm.generate("ROMEO:", 30, temperature=0.6, seed=0, top_p=0.9)
+    assert run.stdout == "ROMEO:" + expected + "\n"
+    assert expected != llm.generate("ROMEO:", 30)                              # sampled, not greedy
+    run = subprocess.run([*command, "--weights", "/nonexistent"], capture_output=True, text=True, env=env, timeout=300)
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", "error: checkpoint not found: /nonexistent\n")

@@ -127,3 +127,20 @@ def test_interrupted_save_leaves_no_files(case, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_attention_maps_match_transformers(case, token_ids):
+    """`Attention.attention_map` (notebook 06's heat maps) equals the weights HF's eager attention returns,
+    layer by layer, within 1e-5 (weights lie in [0, 1])."""
+    torch = require("torch")
+    _, model, directory = case
+    llm = llama_tf.load(directory)
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        theirs = model(torch.tensor(token_ids), output_attentions=True).attentions   # per layer (batch, heads, q, k)
+    h = llm.model.get_layer("tok_embeddings")(token_ids)
+    for i, reference in enumerate(theirs):
+        block = llm.model.get_layer(f"layers.{i}")
+        ours = np.asarray(block.attention.attention_map(block.attention_norm(h)))
+        np.testing.assert_allclose(ours, reference.numpy(), atol=1e-5, err_msg=f"layer {i}")
+        h = block(h)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Open the notebooks in JupyterLab with the kernel settings their saved outputs were made with:
+# TensorFlow's C++ log lines go to this terminal instead of into cells (the kernel profile in tests/ipython).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/jupyter ] || bash scripts/setup.sh
+export IPYTHONDIR="$PWD/tests/ipython"
+exec .venv/bin/jupyter lab notebooks "$@"
