@@ -156,3 +156,12 @@ def test_the_command_line_prints_only_its_own_output(llm):
     assert expected != llm.generate("ROMEO:", 30)                              # sampled, not greedy
     run = subprocess.run([*command, "--weights", "/nonexistent"], capture_output=True, text=True, env=env, timeout=300)
     assert (run.returncode, run.stdout, run.stderr) == (1, "", "error: checkpoint not found: /nonexistent\n")
+
+
+def test_the_readme_shows_what_its_first_command_prints(capsys):
+    "README's quick start shows the start of `python -m llama_tf generate \"ROMEO:\"`: sampled with seed 0, reproducible."
+    from conftest import ROOT
+
+    shown = re.search(r"and nothing else:\n\n```\n(.*?)\.\.\.\n```", (ROOT / "README.md").read_text(), re.S)[1]
+    assert main(["generate", "ROMEO:"]) == 0
+    assert capsys.readouterr().out.startswith(shown)
