@@ -8,14 +8,16 @@ bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
 [ $# -eq 0 ] || exit 0
 
-nbval() { .venv/bin/python -m pytest notebooks -q -p no:warnings "$@"; }
+# `-k ipynb` selects the notebooks' cells from the whole suite, so tests/conftest.py (kernel profile, skips)
+# applies as in the run above.
+nbval=(.venv/bin/python -m pytest -k ipynb -q)
 echo "== the notebooks with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)"
-TF_ENABLE_ONEDNN_OPTS=0 nbval
+TF_ENABLE_ONEDNN_OPTS=0 "${nbval[@]}"
 if command -v taskset >/dev/null; then
     echo "== the notebooks on one core (taskset -c 0)"
-    taskset -c 0 .venv/bin/python -m pytest notebooks -q -p no:warnings
+    taskset -c 0 "${nbval[@]}"
 fi
 echo "== the notebooks without ../shared, as on a fresh clone (notebooks that need it skip)"
 no_shared=$(mktemp -d)
 trap 'rm -rf "$no_shared"' EXIT
-CI= LLAMA_TF_SHARED="$no_shared" XDG_CACHE_HOME="$no_shared/cache" nbval
+CI= LLAMA_TF_SHARED="$no_shared" XDG_CACHE_HOME="$no_shared/cache" "${nbval[@]}" -rs

@@ -5,9 +5,10 @@ a file or a reference package is missing, a test skips with the reason on a user
 in CI (CI=true).
 """
 
+import ast
 import importlib
+import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -48,18 +49,26 @@ def require(module: str):
         missing(f"reference package {module!r} is not installed (pip install -e '.[dev]')")
 
 
+def fetched_assets(notebook: Path) -> set[str]:
+    "The assets a notebook's code fetches: calls `….assets.fetch(\"name\")` (prose and strings do not count)."
+    names = set()
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "fetch" \
+                        and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "assets":
+                    names.add(node.args[0].value)
+    return names
+
+
 def pytest_collection_modifyitems(config, items):
-    """A notebook that fetches an asset (`llama_tf.assets.fetch("name")`) skips as a whole where the file is
-    not on this machine: tests never download it. In CI a missing file fails the first test that reads it."""
+    """A notebook that fetches an asset skips as a whole where the file is not on this machine: tests never
+    download it. In CI a missing file fails the first test that reads it."""
     if IN_CI:
         return
     for item in items:
         path = Path(str(item.fspath))
-        if path.suffix != ".ipynb":
-            continue
-        absent = [name for name in re.findall(r'assets\.fetch\(\\?"([\w-]+)\\?"\)', path.read_text())
-                  if assets.find(name) is None]
-        if absent:
+        if path.suffix == ".ipynb" and (absent := sorted(n for n in fetched_assets(path) if assets.find(n) is None)):
             item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(absent)} (llama_tf.assets); set LLAMA_TF_SHARED"))
 
 
