@@ -377,8 +377,9 @@ def hf_config(config: LlamaConfig, dtype: str = "float32") -> dict:
         "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
         "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
         "vocab_size": config.vocab_size, "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_theta,  # transformers < 5 reads this key, >= 5 the next one
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        # transformers < 5 reads rope_theta and rope_scaling, >= 5 rope_parameters
+        "rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling,
+        "rope_parameters": {"rope_type": "default", **(config.rope_scaling or {}), "rope_theta": config.rope_theta},
         "max_position_embeddings": config.max_seq_len, "tie_word_embeddings": config.tie_embeddings,
         "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype,
     }

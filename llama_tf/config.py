@@ -8,11 +8,47 @@ Fields are named as in Meta's `params.json` (`dim`, `n_layers`, `n_heads`, `n_kv
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from llama_tf.feed_forward import ffn_hidden_dim
 
-__all__ = ["LlamaConfig"]
+__all__ = ["LlamaConfig", "rope_scaling"]
+
+# Meta's reference code for Llama 3.1 (`apply_scaling` in llama-models) fixes these; params.json only says
+# `use_scaled_rope`. (Llama 3.2's Hugging Face config.json says factor 32; its params.json cannot, and
+# Meta's code then uses 8: llama_tf follows whichever file it reads.)
+META_LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192}
+_SCALING_KEYS = {"linear": ("factor",),
+                 "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_scaling(spec: dict | None) -> dict | None:
+    """RoPE frequency scaling in the form the layers take: None (plain RoPE), {"rope_type": "linear",
+    "factor"} or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}. Reads Hugging Face's spellings (`rope_type` or the older `type`,
+    extra keys ignored); an unknown type, a missing key or a value out of range raises ValueError."""
+    if not spec:
+        return None
+    kind = spec.get("rope_type", spec.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind not in _SCALING_KEYS:
+        raise ValueError(f"RoPE scaling {kind!r} is not supported; llama_tf implements 'default', 'linear' and 'llama3'")
+    missing = [k for k in _SCALING_KEYS[kind] if spec.get(k) is None]
+    if missing:
+        raise ValueError(f"RoPE scaling {kind!r} needs {', '.join(missing)}")
+    scaling = {"rope_type": kind}
+    for key in _SCALING_KEYS[kind]:
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"RoPE scaling {kind!r}: {key} must be a positive number, got {value!r}")
+        scaling[key] = int(value) if key == "original_max_position_embeddings" else float(value)
+    if kind == "llama3" and not scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+        raise ValueError(f"RoPE scaling 'llama3': low_freq_factor ({scaling['low_freq_factor']}) must be below "
+                         f"high_freq_factor ({scaling['high_freq_factor']})")
+    return scaling
 
 
 @dataclass(frozen=True)
@@ -21,6 +57,7 @@ class LlamaConfig:
 
     `hidden_dim` is the SwiGLU width; left as None it follows Meta's rule from `multiple_of` and
     `ffn_dim_multiplier` (see notebook 03). `n_kv_heads` None means multi-head attention (= `n_heads`).
+    `rope_scaling` stretches RoPE's frequencies for long contexts (Llama 3.1/3.2; see `rope_scaling`).
     """
 
     dim: int
@@ -35,8 +72,10 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
     tie_embeddings: bool = False
+    rope_scaling: dict | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "rope_scaling", rope_scaling(self.rope_scaling))
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.hidden_dim is None:
@@ -85,10 +124,11 @@ class LlamaConfig:
     @classmethod
     def from_meta_params(cls, params: dict, vocab_size: int | None = None) -> LlamaConfig:
         """From Meta's `params.json`. Llama 2 writes `vocab_size: -1`; pass the embedding's row count."""
-        if params.get("use_scaled_rope"):
-            raise ValueError("params.json asks for scaled RoPE (Llama 3.1); llama_tf does not implement it yet")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"rope_scaling"}
         kwargs = {k: v for k, v in params.items() if k in known and v is not None}
+        if params.get("use_scaled_rope"):   # Llama 3.1 and later
+            factor = params.get("rope_scaling_factor") or META_LLAMA3_SCALING["factor"]
+            kwargs["rope_scaling"] = {**META_LLAMA3_SCALING, "factor": factor}
         if kwargs.get("vocab_size", -1) <= 0:
             kwargs["vocab_size"] = vocab_size
         return cls(**kwargs)
@@ -100,9 +140,6 @@ class LlamaConfig:
             raise ValueError(f"config.json describes a {cfg['model_type']!r} model, not 'llama'")
         # transformers >= 5 nests rope settings in `rope_parameters`; older versions use top-level keys.
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"config.json uses RoPE scaling {rope_type!r}; llama_tf implements plain RoPE only")
         for flag in ("attention_bias", "mlp_bias"):
             if cfg.get(flag):
                 raise ValueError(f"config.json sets {flag}=true; LLaMA projections have no biases")
@@ -124,4 +161,5 @@ class LlamaConfig:
             rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
             max_seq_len=cfg.get("max_position_embeddings", 2048),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rope_scaling=rope,
         )

@@ -52,7 +52,8 @@ def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.
     h = embedding(token_ids)
     for i in range(config.n_layers):
         h = TransformerBlock(config.dim, config.n_heads, config.n_kv_heads, config.hidden_dim, config.norm_eps,
-                             config.rope_theta, dropout, attention_impl, block_size, name=f"layers.{i}", dtype=dtype)(h)
+                             config.rope_theta, dropout, attention_impl, block_size, config.rope_scaling,
+                             name=f"layers.{i}", dtype=dtype)(h)
     h = RMSNorm(config.norm_eps, name="norm", dtype=dtype)(h)
     if config.tie_embeddings:
         logits = embedding(h, reverse=True)
@@ -81,9 +82,10 @@ def call_with_cache(model: keras.Model, token_ids, cache: list, cache_index, sta
     before it is invisible, and positions count from it). Returns the float32 logits of the last
     position (batch, vocab) and the updated cache."""
     blocks = _blocks(model)
-    head_dim, theta = blocks[0].attention.head_dim, blocks[0].attention.rope_theta
+    attention = blocks[0].attention
     slots = cache_index + ops.arange(ops.shape(token_ids)[1])                    # (seq,)
-    angles = rope_angles(slots - start[:, None], head_dim, theta)                # (batch, seq, head_dim // 2)
+    angles = rope_angles(slots - start[:, None], attention.head_dim, attention.rope_theta,
+                         attention.rope_scaling)                                 # (batch, seq, head_dim // 2)
 
     embedding = model.get_layer("tok_embeddings")
     h = embedding(token_ids)

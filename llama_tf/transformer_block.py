@@ -27,15 +27,16 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None, hidden_dim: int,
                  norm_eps: float = 1e-5, rope_theta: float = 10000.0, dropout: float = 0.0,
-                 attention_impl: str = "reference", block_size: int = 512, **kwargs):
+                 attention_impl: str = "reference", block_size: int = 512, rope_scaling: dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads or n_heads
         self.hidden_dim, self.norm_eps, self.rope_theta, self.dropout = hidden_dim, norm_eps, rope_theta, dropout
-        self.attention_impl, self.block_size = attention_impl, block_size
+        self.attention_impl, self.block_size, self.rope_scaling = attention_impl, block_size, rope_scaling
         policy = self.dtype_policy
         self.attention_norm = RMSNorm(norm_eps, name="attention_norm", dtype=policy)
         self.attention = Attention(dim, n_heads, self.n_kv_heads, rope_theta, attention_impl, block_size,
-                                   name="attention", dtype=policy)
+                                   rope_scaling, name="attention", dtype=policy)
         self.ffn_norm = RMSNorm(norm_eps, name="ffn_norm", dtype=policy)
         self.feed_forward = FeedForward(dim, hidden_dim, name="feed_forward", dtype=policy)
         self.branch_dropout = keras.layers.Dropout(dropout, name="branch_dropout", dtype=policy)
@@ -58,4 +59,5 @@ class TransformerBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
                 "hidden_dim": self.hidden_dim, "norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
-                "dropout": self.dropout, "attention_impl": self.attention_impl, "block_size": self.block_size}
+                "dropout": self.dropout, "attention_impl": self.attention_impl, "block_size": self.block_size,
+                "rope_scaling": self.rope_scaling}

@@ -157,11 +157,19 @@ def test_params_json_missing_a_field(meta_dir):
         llama_tf.load(meta_dir)
 
 
-def test_unsupported_rope_scaling_is_named(hf_dir):
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_type": "yarn", "factor": 4.0}, "RoPE scaling 'yarn' is not supported; llama_tf implements 'default', 'linear' and 'llama3'"),
+    ({"rope_type": "dynamic", "factor": 2.0}, "RoPE scaling 'dynamic' is not supported"),
+    ({"rope_type": "llama3", "factor": 8.0}, "RoPE scaling 'llama3' needs low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+    ({"rope_type": "linear", "factor": 0}, "RoPE scaling 'linear': factor must be a positive number, got 0"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, "low_freq_factor \\(4.0\\) must be below high_freq_factor"),
+], ids=["yarn", "dynamic", "llama3-incomplete", "linear-zero", "llama3-no-band"])
+def test_unsupported_or_malformed_rope_scaling_is_named(hf_dir, rope, message):
     config = json.loads((hf_dir / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    config["rope_parameters"] = {**rope, "rope_theta": 500000.0}
     (hf_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="config.json: .*RoPE scaling 'llama3'"):
+    with pytest.raises(CheckpointError, match=f"config.json: .*{message}"):
         llama_tf.load(hf_dir)
 
 

@@ -156,6 +156,9 @@ LAYERS = {
     "rms_norm": lambda: llama_tf.RMSNorm(eps=1e-6, name="layer"),
     "feed_forward": lambda: llama_tf.FeedForward(DIM, HIDDEN, name="layer"),
     "attention": lambda: llama_tf.Attention(DIM, 4, 2, rope_theta=5e5, name="layer"),
+    "attention-llama3-rope": lambda: llama_tf.Attention(DIM, 4, 2, rope_theta=5e5, name="layer", rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 4}),
     "transformer_block": lambda: llama_tf.TransformerBlock(DIM, 4, 2, HIDDEN, 1e-6, 5e5, name="layer"),
 }
 
