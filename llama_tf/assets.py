@@ -81,7 +81,7 @@ def fetch(name: str) -> Path:
     asset = _asset(name)
     if (path := find(name)) is not None:
         return path
-    where = f"{shared_folder() / asset.path} not found"
+    where = f"{asset.about}: {shared_folder() / asset.path} not found"
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise AssetError(f"{where}, and downloads are off ({OFFLINE_ENV} is set)")
     import pooch
