@@ -6,6 +6,7 @@ in CI (CI=true).
 """
 
 import ast
+import functools
 import importlib
 import json
 import os
@@ -49,7 +50,8 @@ def require(module: str):
         missing(f"reference package {module!r} is not installed (pip install -e '.[dev]')")
 
 
-def fetched_assets(notebook: Path) -> set[str]:
+@functools.cache
+def fetched_assets(notebook: Path) -> frozenset[str]:
     "The assets a notebook's code fetches: calls `….assets.fetch(\"name\")` (prose and strings do not count)."
     names = set()
     for cell in json.loads(notebook.read_text())["cells"]:
@@ -58,7 +60,7 @@ def fetched_assets(notebook: Path) -> set[str]:
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "fetch" \
                         and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "assets":
                     names.add(node.args[0].value)
-    return names
+    return frozenset(names)
 
 
 def pytest_collection_modifyitems(config, items):
