@@ -4,17 +4,21 @@ Modules:
 
 - `llama_tf.assets`: Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
 - `llama_tf.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.
+- `llama_tf.chat`: Chat formats: a conversation, `[{"role": ..., "content": ...}, ...]`, as the token ids a chat model was tuned on.
 - `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`.
 - `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
 - `llama_tf.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.
 - `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
+- `llama_tf.hf_tokenizer`: A Hugging Face `tokenizer.json` (what most downloads carry) through the `tokenizers` library.
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
 - `llama_tf.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
+- `llama_tf.sentencepiece_tokenizer`: LLaMA's SentencePiece tokenizer as TensorFlow ops: text to int32 ids and back, eagerly, in `tf.function` and in `tf.data`.
+- `llama_tf.tiktoken_tokenizer`: Llama 3's tokenizer: byte-level BPE over `tiktoken` ranks, with Meta's pre-split regex and 256 special tokens.
 - `llama_tf.tiled_attention`: Blockwise causal attention with an online softmax: the result of `Attention.attend`, in memory linear in the sequence length.
-- `llama_tf.tokenizer`: LLaMA's SentencePiece tokenizer as TensorFlow ops: text to int32 ids and back, eagerly, in `tf.function` and in `tf.data`.
+- `llama_tf.tokenizer`: `Tokenizer`: one interface for every kind of LLaMA tokenizer; `Tokenizer(path)` opens the right kind.
 - `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained.
 - `llama_tf.transformer_block`: The pre-norm residual block LLaMA repeats `n_layers` times: `h = x + attention(norm(x))`, `out = h + feed_forward(norm(h))`."""
 
@@ -26,7 +30,9 @@ import importlib.util
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Tokenizer": "tokenizer", "show_tokens": "tokenizer",
+    "Tokenizer": "tokenizer", "TokenizerError": "tokenizer",
+    "SentencePieceTokenizer": "sentencepiece_tokenizer", "show_tokens": "sentencepiece_tokenizer",
+    "TiktokenTokenizer": "tiktoken_tokenizer", "HFTokenizer": "hf_tokenizer",
     "RMSNorm": "rms_norm",
     "FeedForward": "feed_forward", "ffn_hidden_dim": "feed_forward",
     "Attention": "attention", "apply_rope": "attention", "causal_mask": "attention", "rope_angles": "attention",

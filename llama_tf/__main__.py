@@ -1,7 +1,10 @@
-"""Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf eval FILE`.
+"""Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf chat`
+(a conversation in the terminal), `python -m llama_tf eval FILE`.
 
-`generate` samples (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by default, so the
-same command prints the same text; `--temperature 0` is greedy. `--weights` defaults to
+`generate` and `chat` sample (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by
+default, so the same command prints the same text; `--temperature 0` is greedy. `chat` keeps the
+history, streams each reply, forgets the oldest exchanges when the context fills, and ends on Ctrl-D
+or Ctrl-C at its prompt (Ctrl-C during a reply cuts the reply short). `--weights` defaults to
 $LLAMA_TF_WEIGHTS, else the project's default model (weights/shakespeare). Only the command's own
 output is printed (LLAMA_TF_NATIVE_LOGS=1 shows TensorFlow's log lines too); errors are one line on
 stderr and a non-zero exit status.
@@ -10,6 +13,7 @@ stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -38,6 +42,14 @@ def parser() -> argparse.ArgumentParser:
                    help="end the continuation before TEXT (may be repeated)")
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0: the same text every run)")
 
+    c = sub.add_parser("chat", help="talk with a chat model (Llama 3 Instruct, Llama 2 Chat)")
+    c.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
+    c.add_argument("--system", metavar="TEXT", help="a system prompt that starts the conversation")
+    c.add_argument("--max-new-tokens", type=_non_negative_int, default=512, help="longest reply (default 512)")
+    c.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6); 0: greedy")
+    c.add_argument("--top-p", type=float, default=0.9, help="nucleus of probability P (default 0.9)")
+    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
     e.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
@@ -60,6 +72,8 @@ def main(argv=None) -> int:
             for piece in pieces:
                 print(piece, end="", flush=True)
             print()
+        elif args.command == "chat":
+            return chat(llm, args)
         else:
             text = args.file.read_text(encoding="utf-8")[: args.max_chars]
             print(llama_tf.evaluate(llm, text, context=args.context, stride=args.stride))
@@ -67,6 +81,43 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def chat(llm, args) -> int:
+    "The interactive conversation of `python -m llama_tf chat`: one line in, one streamed reply out."
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    context = llm.config.max_seq_len
+    reserve = min(args.max_new_tokens, context // 4)   # room kept for the reply
+    for turn in itertools.count():
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        while len(history) > 1 and len(llm.tokenizer.apply_chat_template(system + history)) > context - reserve:
+            del history[:2]                                  # the oldest user message and its reply
+            print("[context full: the oldest exchange is forgotten]", file=sys.stderr)
+        if (n := len(llm.tokenizer.apply_chat_template(system + history))) >= context:
+            print(f"error: that message is {n} tokens with the system prompt; the context holds {context}",
+                  file=sys.stderr)
+            history.pop()
+            continue
+        reply = ""
+        try:
+            for piece in llm.chat(system + history, args.max_new_tokens, args.temperature, args.top_p,
+                                  args.seed + turn, stream=True):
+                reply += piece
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            pass
+        print()
+        history.append({"role": "assistant", "content": reply})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """`load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 
 `load(path)` detects the layout (Meta's `params.json` + `consolidated.*.pth`, or Hugging Face's
-`config.json` + safetensors), finds `tokenizer.model` beside the weights and builds the model without
-random initialisation. `LLM.generate` continues a prompt or a batch, greedy or sampled, whole or
-streamed; `LLM.generate_ids` does the same on token ids.
+`config.json` + safetensors), finds the tokenizer beside the weights (`tokenizer.model` or
+`tokenizer.json`) and builds the model without random initialisation. `LLM.generate` continues a prompt
+or a batch, greedy or sampled, whole or streamed; `LLM.generate_ids` does the same on token ids;
+`LLM.chat` replies to a conversation in the model's chat format.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shakespeare"
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
 def find_tokenizer(directory: str | Path) -> Path | None:
-    """`tokenizer.model` beside the weights, or one level up (Meta's downloads keep it there)."""
+    """The tokenizer beside the weights, or one level up (Meta's downloads keep it there):
+    `tokenizer.model` (SentencePiece, or Llama 3's tiktoken ranks), else Hugging Face's `tokenizer.json`."""
     directory = Path(directory)
-    for candidate in (directory / "tokenizer.model", directory.parent / "tokenizer.model"):
-        if candidate.is_file():
-            return candidate
+    for folder in (directory, directory.parent):
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                return folder / name
     return None
 
 
@@ -64,7 +70,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
         tokenizer_path = tokenizer or find_tokenizer(checkpoint.directory)
         if tokenizer_path is None:
             raise FileNotFoundError(
-                f"no tokenizer.model in {checkpoint.directory} or its parent; pass tokenizer=PATH to load()"
+                f"no tokenizer.model or tokenizer.json in {checkpoint.directory} or its parent; "
+                "pass tokenizer=PATH to load()"
             )
         tokenizer = Tokenizer(tokenizer_path)
     if tokenizer.vocab_size > config.vocab_size:
@@ -99,7 +106,7 @@ class LLM:
 
         Greedy by default; `temperature` > 0 samples, optionally from the `top_k` most likely tokens
         and the `top_p` nucleus, reproducibly for a given `seed` (see `Sampler`). Generation ends at
-        `</s>`, after `max_new_tokens`, when the context is full, or at the first of the `stop`
+        the end of text (`</s>`; for Llama 3 also its end of turn), after `max_new_tokens`, when the context is full, or at the first of the `stop`
         strings (which is left out). A list of prompts returns a list, each continuation as it would be
         alone. `stream=True` (one prompt) returns an iterator over pieces of text as they are generated.
         """
@@ -113,7 +120,7 @@ class LLM:
         if stream and not single:
             raise ValueError("stream=True generates one prompt at a time; pass a string")
         rows = [self.tokenizer.tokenize(p).numpy().tolist() for p in prompts]
-        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), [self.tokenizer.eos_id])
+        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids)
         streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
         if stream:
             return self._stream(steps, streams[0])
@@ -128,6 +135,22 @@ class LLM:
             for text, ids in zip(streams, self._collect(steps, len(rows))):
                 text.extend(ids)
         return streams[0].text if single else [text.text for text in streams]
+
+    def chat(self, messages: Sequence[dict], max_new_tokens: int = 256, temperature: float = 0.6,
+             top_p: float = 0.9, seed: int | None = None, *, top_k: int = 0,
+             stream: bool = False) -> str | Iterator[str]:
+        """The assistant's reply to `messages` (`[{"role": "system"|"user"|"assistant", "content": str}, ...]`),
+        in the model's chat format (`tokenizer.apply_chat_template`). Sampled as Meta's chat examples
+        do (temperature 0.6, top-p 0.9; `temperature=0` is greedy); the reply ends at the model's end of
+        turn (`<|eot_id|>`, `<|eom_id|>`) or end of text, after `max_new_tokens`, or when the context is
+        full. `stream=True` returns an iterator over its pieces as they are generated."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        steps = self.decoder([prompt], max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids)
+        reply = TextStream(self.tokenizer, prompt)
+        if stream:
+            return self._stream(steps, reply)
+        reply.extend(self._collect(steps, 1)[0])
+        return reply.text
 
     @staticmethod
     def _collect(steps: Iterator, n_rows: int) -> list[list[int]]:
@@ -154,11 +177,11 @@ class LLM:
                      temperature: float = 0.0, seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0,
                      stop_ids: Sequence[int] | None = None) -> list[int] | list[list[int]]:
         """Generation on token ids: up to `max_new_tokens` new ids for one prompt (a list of ids) or a
-        batch (a list of lists), ending after a `stop_ids` token (default: EOS; `()` never stops) or
+        batch (a list of lists), ending after a `stop_ids` token (default: `tokenizer.stop_ids`; `()` never stops) or
         when the context (`config.max_seq_len`) is full. Sampling as in `generate`."""
         single = len(prompt_ids) == 0 or not isinstance(prompt_ids[0], (Sequence, np.ndarray))
         rows = [[int(i) for i in ids] for ids in ([prompt_ids] if single else prompt_ids)]
-        stop_ids = [self.tokenizer.eos_id] if stop_ids is None else list(stop_ids)
+        stop_ids = list(self.tokenizer.stop_ids if stop_ids is None else stop_ids)
         steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids)
         new = self._collect(steps, len(rows))
         return new[0] if single else new

@@ -85,3 +85,36 @@ def tiny_tokenizer_proto() -> bytes:
     from reference import train_tiny_tokenizer
 
     return train_tiny_tokenizer()
+
+
+# Meta's Llama 3 tokenizer, as the `llama-models` package ships it (a test dependency; never copied here).
+LLAMA3_TOKENIZER_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_path() -> Path:
+    import hashlib
+
+    llama_models = require("llama_models")
+    path = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != LLAMA3_TOKENIZER_SHA256:
+        pytest.fail(f"{path} is not the Llama 3 tokenizer.model these tests were written for (sha256 differs)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def meta_llama3_tokenizer(llama3_tokenizer_path):
+    "Meta's reference tokenizer (`llama_models.llama3.tokenizer.Tokenizer`) on that file."
+    return require("llama_models.llama3.tokenizer").Tokenizer(llama3_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_json(llama3_tokenizer_path, tmp_path_factory) -> Path:
+    "The same vocabulary as a Hugging Face tokenizer.json, converted by transformers as the Hub's files were."
+    convert = require("transformers.convert_slow_tokenizer")
+    from llama_tf.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
+
+    path = tmp_path_factory.mktemp("llama3-json") / "tokenizer.json"
+    convert.TikTokenConverter(vocab_file=str(llama3_tokenizer_path),
+                              extra_special_tokens=LLAMA3_SPECIAL_TOKENS).converted().save(str(path))
+    return path

@@ -175,7 +175,7 @@ def test_unsupported_or_malformed_rope_scaling_is_named(hf_dir, rope, message):
 
 def test_missing_tokenizer(hf_dir):
     (hf_dir / "tokenizer.model").unlink()
-    with pytest.raises(FileNotFoundError, match="no tokenizer.model in .* pass tokenizer="):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model or tokenizer.json in .* pass tokenizer="):
         llama_tf.load(hf_dir)
 
 
@@ -185,7 +185,7 @@ def test_tokenizer_can_be_given(hf_dir, tmp_path):
 
 
 def test_tokenizer_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="SentencePiece model not found"):
+    with pytest.raises(FileNotFoundError, match="tokenizer file not found"):
         llama_tf.Tokenizer(tmp_path / "missing.model")
     (tmp_path / "junk.model").write_bytes(b"definitely not a protobuf")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
