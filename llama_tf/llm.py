@@ -145,7 +145,9 @@ class LLM:
         turn (`<|eot_id|>`, `<|eom_id|>`) or end of text, after `max_new_tokens`, or when the context is
         full. `stream=True` returns an iterator over its pieces as they are generated."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        steps = self.decoder([prompt], max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids)
+        stop_ids = self.tokenizer.stop_ids
+        steps = self.decoder([prompt], max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids)
+        steps = (np.where(np.isin(ids, stop_ids), -1, ids) for ids in steps)    # the end of turn is not text
         reply = TextStream(self.tokenizer, prompt)
         if stream:
             return self._stream(steps, reply)

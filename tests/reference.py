@@ -155,3 +155,29 @@ def stored_dtypes(directory: Path) -> set[str]:
     for file in directory.glob("*.pth"):
         dtypes |= {str(t.dtype).removeprefix("torch.") for t in torch.load(file, weights_only=True).values()}
     return dtypes
+
+
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+def meta_llama2_chat_tokens(sp, dialog: list[dict]) -> list[int]:
+    """The prompt tokens of Meta's Llama 2 `Llama.chat_completion` (llama/generation.py), transcribed, for a
+    `sentencepiece.SentencePieceProcessor`: Meta's `Tokenizer.encode(s, bos, eos)` is `[bos] + sp.encode(s) + [eos]`."""
+    if dialog[0]["role"] == "system":
+        dialog = [{"role": dialog[1]["role"],
+                   "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
+    assert all(m["role"] == "user" for m in dialog[::2]) and all(m["role"] == "assistant" for m in dialog[1::2])
+    tokens = sum([[sp.bos_id()] + sp.encode(f"{B_INST} {(prompt['content']).strip()} {E_INST} "
+                                            f"{(answer['content']).strip()} ") + [sp.eos_id()]
+                  for prompt, answer in zip(dialog[::2], dialog[1::2])], [])
+    assert dialog[-1]["role"] == "user"
+    return tokens + [sp.bos_id()] + sp.encode(f"{B_INST} {(dialog[-1]['content']).strip()} {E_INST}")
+
+
+def meta_llama3_chat_tokens(meta_tokenizer, dialog: list[dict]) -> list[int]:
+    "The prompt tokens of `llama_models`' Llama 3 `ChatFormat.encode_dialog_prompt` for `dialog`."
+    chat_format = require("llama_models.llama3.chat_format")
+    datatypes = require("llama_models.datatypes")
+    messages = [datatypes.RawMessage(role=m["role"], content=m["content"]) for m in dialog]
+    return chat_format.ChatFormat(meta_tokenizer).encode_dialog_prompt(messages).tokens
