@@ -61,6 +61,15 @@ class HFTokenizer(Tokenizer):
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        "`encode` of each text, in parallel (the library's threads)."
+        if not all(isinstance(t, str) for t in texts):
+            raise TokenizerError("encode_batch takes a list of str")
+        try:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        except TypeError:   # a lone surrogate somewhere: one by one
+            return [self.encode(t) for t in texts]
+
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
         if bad := [i for i in ids if not 0 <= i < self.vocab_size]:

@@ -110,12 +110,13 @@ class TiktokenTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a str, got {type(text).__name__}")
-        ids: list[int] = []
-        for start in range(0, len(text), MAX_ENCODE_CHARS):
-            for piece in _runs_of_at_most(text[start: start + MAX_ENCODE_CHARS], MAX_RUN_CHARS):
-                # Every special-token look-alike is plain text: none allowed, none refused.
-                ids += self._encoding.encode(piece, allowed_special=set(), disallowed_special=())
-        return ids
+        # `encode_ordinary`: every special-token look-alike is plain text (Meta: allowed_special=set(),
+        # disallowed_special=()).
+        if len(text) <= MAX_RUN_CHARS:
+            return self._encoding.encode_ordinary(text)
+        return [i for start in range(0, len(text), MAX_ENCODE_CHARS)
+                for piece in _runs_of_at_most(text[start: start + MAX_ENCODE_CHARS], MAX_RUN_CHARS)
+                for i in self._encoding.encode_ordinary(piece)]
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]

@@ -15,6 +15,7 @@ Text that looks like a special token (`<|eot_id|>`, `</s>`) is always encoded as
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,10 +111,15 @@ class Tokenizer:
     def _with_specials(self, ids: list[int]) -> list[int]:
         return [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        "`encode` of each text."
+        return [self.encode(t) for t in texts]
+
     def _encode_rows(self, texts) -> tuple[np.ndarray, np.ndarray]:
         "Texts -> (int32 ids of all rows, int64 row lengths): a ragged batch's parts."
-        rows = [self._with_specials(self.encode(t)) for t in texts]
-        return (np.asarray([i for row in rows for i in row], np.int32), np.asarray([len(r) for r in rows], np.int64))
+        rows = [self._with_specials(ids) for ids in self.encode_batch(texts)]
+        return (np.fromiter(itertools.chain.from_iterable(rows), np.int32),
+                np.fromiter(map(len, rows), np.int64, count=len(rows)))
 
     def tokenize(self, text):
         "str -> int32 ids (1-D); list/1-D tensor of str -> `tf.RaggedTensor` (batch, None)."
