@@ -34,10 +34,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+LLAMA32_SCALING = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192}
+LLAMA3 = dict(n_heads=32, n_kv_heads=8, vocab_size=128_256, rope_theta=500_000.0, max_seq_len=131_072)
 SHAPES = {  # LlamaConfig fields
     "134m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, hidden_dim=2048, vocab_size=32000),
     "tinyllama-1.1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632, vocab_size=32000),
+    # Llama 3.2 1B and Llama 3.1 8B: random weights written shard by shard as Hugging Face shards them.
+    "llama3.2-1b": dict(dim=2048, n_layers=16, hidden_dim=8192, tie_embeddings=True,
+                        rope_scaling=LLAMA32_SCALING, **LLAMA3),
+    "llama3.1-8b": dict(dim=4096, n_layers=32, hidden_dim=14336, tie_embeddings=False,
+                        rope_scaling={**LLAMA32_SCALING, "factor": 8.0}, **LLAMA3),
 }
+SHARDED = {"llama3.2-1b", "llama3.1-8b"}
 PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]
 PREFILL_TOKENS, PROMPT_TOKENS, BATCH = 512, 32, 8
 
@@ -232,6 +241,58 @@ def make_hf_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     return {}
 
 
+SHARD_BYTES = 5 * 10**9   # transformers' default max_shard_size, "5GB"
+
+
+def make_sharded_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
+    """Random weights (normal, std 0.02; norm gains 1) in Hugging Face's names and order, written one
+    tensor at a time into shards of at most 5 GB with their index, as `save_pretrained` writes a large
+    model: nothing but the tensor being made is in memory (an 8B model in float32 would not fit)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llama_tf.checkpoint import hf_config
+    from llama_tf.config import LlamaConfig as Config
+
+    config = Config(**SHAPES[shape])
+    kv = config.n_kv_heads * config.head_dim
+    layer = {"input_layernorm": (config.dim,), "self_attn.q_proj": (config.dim, config.dim),
+             "self_attn.k_proj": (kv, config.dim), "self_attn.v_proj": (kv, config.dim),
+             "self_attn.o_proj": (config.dim, config.dim), "post_attention_layernorm": (config.dim,),
+             "mlp.gate_proj": (config.hidden_dim, config.dim), "mlp.up_proj": (config.hidden_dim, config.dim),
+             "mlp.down_proj": (config.dim, config.hidden_dim)}
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, config.dim),
+              **{f"model.layers.{i}.{name}.weight": size for i in range(config.n_layers) for name, size in layer.items()},
+              "model.norm.weight": (config.dim,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, config.dim)
+    generator = torch.Generator().manual_seed(0)
+    torch_dtype = getattr(torch, dtype)
+    shards, current, size = [], {}, 0
+    for name, tensor_shape in shapes.items():
+        n = int(np.prod(tensor_shape)) * torch.finfo(torch_dtype).bits // 8
+        if current and size + n > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = tensor_shape, size + n
+    shards.append(current)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards, 1):
+        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+        tensors = {name: (torch.ones(size) if len(size) == 1 else torch.randn(size, generator=generator) * 0.02)
+                   .to(torch_dtype) for name, size in shard.items()}
+        save_file(tensors, model_dir / file, metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update(dict.fromkeys(shard, file))
+        del tensors
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (model_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (model_dir / "config.json").write_text(json.dumps(hf_config(config, dtype), indent=2))
+    return {}
+
+
 def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     """model.gguf from the HF checkpoint: llama.cpp's tensor names, q/k rows back in Meta's layout
     (what `read_checkpoint` gives), norms in float32, the other tensors in `dtype`."""
@@ -288,7 +349,8 @@ def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     return {}
 
 
-TASKS = {**WORKERS, "make_hf_weights": make_hf_weights, "make_gguf": make_gguf}
+TASKS = {**WORKERS, "make_hf_weights": make_hf_weights, "make_sharded_weights": make_sharded_weights,
+         "make_gguf": make_gguf}
 
 
 def run_task(task: str, timeout: float | None = None, **kwargs) -> dict:
@@ -313,13 +375,15 @@ def weight_bytes(model_dir: Path) -> tuple[int, int]:
     from safetensors import safe_open
 
     total = per_token = 0
-    with safe_open(model_dir / "model.safetensors", "np") as f:
-        tied = "lm_head.weight" not in f.keys()
-        for name in f.keys():
-            size = f.get_slice(name)
-            n = np.prod(size.get_shape()) * {"F32": 4, "BF16": 2, "F16": 2}[size.get_dtype()]
-            total += n
-            per_token += 0 if name == "model.embed_tokens.weight" and not tied else n
+    files = sorted(model_dir.glob("*.safetensors"))
+    tied = not any("lm_head.weight" in safe_open(file, "np").keys() for file in files)
+    for file in files:
+        with safe_open(file, "np") as f:
+            for name in f.keys():
+                size = f.get_slice(name)
+                n = np.prod(size.get_shape()) * {"F32": 4, "BF16": 2, "F16": 2}[size.get_dtype()]
+                total += n
+                per_token += 0 if name == "model.embed_tokens.weight" and not tied else n
     return int(total), int(per_token)
 
 
@@ -394,8 +458,9 @@ def main(argv=None) -> int:
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             model_dir = workdir / f"{shape}-{dtype}"
-            if not (model_dir / "model.safetensors").exists():
-                run_task("make_hf_weights", model_dir=model_dir, shape=shape, dtype=dtype)
+            if not (model_dir / "config.json").exists():
+                run_task("make_sharded_weights" if shape in SHARDED else "make_hf_weights",
+                         model_dir=model_dir, shape=shape, dtype=dtype)
             total, per_token = weight_bytes(model_dir)
             for peer in args.peers.split(","):
                 if peer == "llama_cpp" and not (model_dir / "model.gguf").exists():

@@ -1,14 +1,16 @@
 """Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
 
-Two are known: the Tiny Shakespeare corpus (`"tinyshakespeare"`, notebook 07 trains on it) and Meta's
-LLaMA / Llama 2 SentencePiece tokenizer (`"llama-tokenizer"`, notebooks 01 and 06 show it).
+Three are known: the Tiny Shakespeare corpus (`"tinyshakespeare"`, notebook 07 trains on it), Meta's
+LLaMA / Llama 2 SentencePiece tokenizer (`"llama-tokenizer"`, notebooks 01 and 06 show it) and Meta's
+Llama 3 tokenizer (`"llama3-tokenizer"`, notebook 09 takes it apart).
 
 - `find(name)` looks in the shared folder (`$LLAMA_TF_SHARED`, default: `shared/` beside this
-  repository, where the project's tests and CI keep them) and then in the download cache; it never
+  repository, where the project's tests and CI keep them), then in an installed package that ships
+  the file (Meta's `llama-models` ships the Llama 3 tokenizer), then in the download cache; it never
   touches the network.
 - `fetch(name)` is `find`, else a download from the file's public origin into the user cache
-  (`~/.cache/llama_tf` on Linux), checked against its sha256; a file whose digest differs is refused
-  and not kept. With `LLAMA_TF_OFFLINE=1` (the test suite sets it) it never downloads.
+  (`~/.cache/llama_tf/<its path>` on Linux), checked against its sha256; a file whose digest differs
+  is refused and not kept. With `LLAMA_TF_OFFLINE=1` (the test suite sets it) it never downloads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Asset:
     url: str      # its public origin
     sha256: str
     about: str
+    package_path: str = ""   # where an installed package ships it: "package/sub/file"
 
 
 ASSETS = {
@@ -43,6 +46,14 @@ ASSETS = {
         "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.model",
         "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347",
         "Meta's LLaMA / Llama 2 SentencePiece tokenizer (32,000 pieces), as redistributed by llama2.c (MIT)",
+    ),
+    "llama3-tokenizer": Asset(
+        "tokenizers/llama3/tokenizer.model",
+        "https://raw.githubusercontent.com/meta-llama/llama-models/main/models/llama3/tokenizer.model",
+        "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55",
+        "Meta's Llama 3 tokenizer (tiktoken ranks, 128,000 tokens + 256 special), from llama-models "
+        "(Llama 3 Community License)",
+        package_path="llama_models/llama3/tokenizer.model",
     ),
 }
 
@@ -67,11 +78,21 @@ def _asset(name: str) -> Asset:
     return ASSETS[name]
 
 
+def _in_package(asset: Asset) -> Path | None:
+    import importlib.util
+
+    if not asset.package_path:
+        return None
+    package, _, inner = asset.package_path.partition("/")
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent / inner if spec is not None and spec.origin else None
+
+
 def find(name: str) -> Path | None:
-    "The asset's path on this machine (shared folder first, then the download cache), or None."
+    "The asset's path on this machine (shared folder, then an installed package, then the download cache), or None."
     asset = _asset(name)
-    for candidate in (shared_folder() / asset.path, cache_folder() / Path(asset.path).name):
-        if candidate.is_file():
+    for candidate in (shared_folder() / asset.path, _in_package(asset), cache_folder() / asset.path):
+        if candidate is not None and candidate.is_file():
             return candidate
     return None
 
@@ -87,8 +108,9 @@ def fetch(name: str) -> Path:
     import pooch
 
     try:
-        return Path(pooch.retrieve(asset.url, known_hash=f"sha256:{asset.sha256}", fname=Path(asset.path).name,
-                                   path=cache_folder(), progressbar=False))
+        target = cache_folder() / asset.path
+        return Path(pooch.retrieve(asset.url, known_hash=f"sha256:{asset.sha256}", fname=target.name,
+                                   path=target.parent, progressbar=False))
     except ValueError as e:   # pooch: the digest differs (the partial file is removed)
         raise AssetError(f"{where}; the download from {asset.url} was refused: {e}") from None
     except Exception as e:    # requests' connection and HTTP errors, a cache folder that cannot be written

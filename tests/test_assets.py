@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 
 from llama_tf import assets
-from conftest import SHARED, shared_path
+from conftest import require, SHARED, shared_path
 
 
 @pytest.fixture
@@ -49,17 +49,27 @@ def _serve(monkeypatch, server, content: bytes, sha256: str | None = None):
 
 
 def test_the_shared_files_are_the_published_ones():
-    "The sha256 each download is checked against is that of the file the tests read."
+    "The sha256 each download is checked against is that of the file the tests read (shared, or a package's)."
     for name, asset in assets.ASSETS.items():
-        assert hashlib.sha256(shared_path(asset.path).read_bytes()).hexdigest() == asset.sha256, name
-        assert assets.find(name) == SHARED / asset.path
+        path = assets.find(name) if asset.package_path else shared_path(asset.path)
+        assert path is not None, name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == asset.sha256, name
+        assert assets.find(name) == path
+
+
+def test_a_package_that_ships_the_file_is_found(monkeypatch, tmp_path):
+    require("llama_models")
+    monkeypatch.setenv(assets.SHARED_ENV, str(tmp_path / "no-shared"))
+    monkeypatch.setattr(assets, "cache_folder", lambda: tmp_path / "cache")
+    found = assets.find("llama3-tokenizer")
+    assert found is not None and found.parts[-3:] == ("llama_models", "llama3", "tokenizer.model")
 
 
 def test_download_once_into_the_cache(isolated, server, monkeypatch):
     _serve(monkeypatch, server, b"To be, or not to be\n")
     assert assets.find("corpus") is None
     path = assets.fetch("corpus")
-    assert path == isolated / "corpus.txt" and path.read_bytes() == b"To be, or not to be\n"
+    assert path == isolated / "data" / "corpus.txt" and path.read_bytes() == b"To be, or not to be\n"
     assert assets.fetch("corpus") == path and assets.find("corpus") == path
     assert server[2] == ["/corpus.txt"]          # the second fetch read the cache
 
@@ -68,7 +78,7 @@ def test_a_download_with_another_digest_is_refused_and_not_kept(isolated, server
     _serve(monkeypatch, server, b"tampered\n", sha256="0" * 64)
     with pytest.raises(assets.AssetError, match="refused"):
         assets.fetch("corpus")
-    assert not any(isolated.glob("*corpus*"))
+    assert not any(isolated.rglob("*corpus*"))
     assert assets.find("corpus") is None
 
 
@@ -95,5 +105,5 @@ def test_the_shared_folder_comes_first(tmp_path, monkeypatch):
 
 
 def test_unknown_asset():
-    with pytest.raises(assets.AssetError, match="unknown asset 'nope'; known: tinyshakespeare, llama-tokenizer"):
+    with pytest.raises(assets.AssetError, match="unknown asset 'nope'; known: tinyshakespeare, llama-tokenizer, llama3-tokenizer"):
         assets.find("nope")
