@@ -31,6 +31,8 @@ class TokenizerError(ValueError):
 
 def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
     """The `Tokenizer` subclass that reads `model` (a path or a file's bytes), told by name and content."""
+    if not isinstance(model, (str, Path, bytes, bytearray)):
+        raise TokenizerError(f"a tokenizer is opened from a file's path or bytes, got {type(model).__name__}")
     if not isinstance(model, (bytes, bytearray)):
         path = Path(model)
         if not path.is_file():

@@ -190,6 +190,11 @@ def test_tokenizer_file_errors(tmp_path):
     (tmp_path / "junk.model").write_bytes(b"definitely not a protobuf")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         llama_tf.Tokenizer(tmp_path / "junk.model")
+    for nothing in (None, 3):
+        with pytest.raises(llama_tf.TokenizerError, match="opened from a file's path or bytes"):
+            llama_tf.Tokenizer(nothing)
+    with pytest.raises(FileNotFoundError, match="tokenizer file not found"):
+        llama_tf.Tokenizer(tmp_path / "missing.json")
 
 
 @pytest.fixture(scope="module")
