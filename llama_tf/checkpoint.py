@@ -65,9 +65,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         return _read_hf(path, directory)
     if path.suffix in (".pth", ".pt") or (path.is_dir() and (path / "params.json").is_file()):
         return _read_meta(path, directory)
+    if path.suffix == ".gguf":
+        from llama_tf.formats.gguf import read_gguf
+        return read_gguf(path)
     raise CheckpointError(
         f"{path}: not a LLaMA checkpoint llama_tf can read; expected a directory with Meta's params.json + "
-        "consolidated.*.pth, or Hugging Face's config.json + *.safetensors"
+        "consolidated.*.pth, Hugging Face's config.json + *.safetensors, or a .gguf file"
     )
 
 

@@ -67,7 +67,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     config = checkpoint.config
 
     if not isinstance(tokenizer, Tokenizer):
-        tokenizer_path = tokenizer or find_tokenizer(checkpoint.directory)
+        # A GGUF file carries its own tokenizer.
+        tokenizer_path = tokenizer or (Path(path) if checkpoint.format == "gguf" else find_tokenizer(checkpoint.directory))
         if tokenizer_path is None:
             raise FileNotFoundError(
                 f"no tokenizer.model or tokenizer.json in {checkpoint.directory} or its parent; "

@@ -5,6 +5,7 @@
 | `tokenizer.model`, SentencePiece protobuf (LLaMA 1, 2) | `SentencePieceTokenizer` (notebook 01) | `tensorflow_text` ops |
 | `tokenizer.model`, lines of `base64(bytes) rank` (Llama 3) | `TiktokenTokenizer` | `tiktoken` |
 | `tokenizer.json` (Hugging Face downloads) | `HFTokenizer` | `tokenizers` |
+| a `.gguf` file's own vocabulary | `GGUFSentencePieceTokenizer` / `GGUFBytePairTokenizer` | as above |
 
 Every kind has `tokenize` (text -> int32 ids, a `tf.RaggedTensor` for a batch, usable in `tf.function`
 and `tf.data`), `detokenize`, `encode`/`decode` on Python lists, `id_to_string`, `vocab_size`, `bos_id`,
@@ -40,6 +41,9 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
         if path.suffix == ".json":
             from llama_tf.hf_tokenizer import HFTokenizer
             return HFTokenizer
+        if path.suffix == ".gguf":
+            from llama_tf.gguf_tokenizer import gguf_tokenizer_kind
+            return gguf_tokenizer_kind(path)
         with open(path, "rb") as f:
             head = f.read(256)
     else:
