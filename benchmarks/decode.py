@@ -4,8 +4,8 @@
     python benchmarks/decode.py --shapes 134m --dtypes float32
 
 The script makes random weights in Hugging Face's layout (transformers, seeded), converts them for each
-peer (keras-hub: ported variable by variable; llama.cpp: a GGUF written with the `gguf` package, q/k rows
-in Meta's layout) and measures every peer in its own process, on the same prompts, greedy:
+peer (keras-hub: ported variable by variable; llama.cpp: a GGUF written by `llama_tf.formats.gguf`, q/k
+rows in Meta's layout) and measures every peer in its own process, on the same prompts, greedy:
 
 - prefill: tokens/s of a 512-token prompt (time to the first new token);
 - decode: new tokens/s at batch 1 and 8 after a 32-token prompt, excluding the prefill
@@ -318,104 +318,18 @@ def make_sharded_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     return {}
 
 
-def _gguf_vocabulary(writer, tokenizer: Path) -> None:
-    "The tokenizer, in llama.cpp's terms: LLaMA's SentencePiece model, or Llama 3's BPE from its tokenizer.json."
-    import gguf
-
-    if tokenizer.suffix == ".json":
-        spec = json.loads(tokenizer.read_text())
-        special = {t["id"]: t["content"] for t in spec["added_tokens"]}
-        pieces = {**{i: t for t, i in spec["model"]["vocab"].items()}, **special}
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("llama-bpe")
-        writer.add_token_list([pieces[i] for i in range(len(pieces))])
-        writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                                for i in range(len(pieces))])
-        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
-        writer.add_bos_token_id(128_000)
-        writer.add_eos_token_id(128_001)
-        return
-    import sentencepiece
-
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
-    kinds = [gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-             else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL for i in range(sp.vocab_size())]
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list([sp.id_to_piece(i).encode() for i in range(sp.vocab_size())])
-    writer.add_token_scores([sp.get_score(i) for i in range(sp.vocab_size())])
-    writer.add_token_types(kinds)
-    writer.add_bos_token_id(sp.bos_id())
-    writer.add_eos_token_id(sp.eos_id())
-    writer.add_unk_token_id(sp.unk_id())
-
-
 def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
-    """model.gguf from the HF checkpoint: llama.cpp's tensor names, q/k rows back in Meta's layout
-    (what `read_checkpoint` gives), norms in float32, the other tensors in `dtype`; Llama 3.1's RoPE
-    rescaling as llama.cpp's `rope_freqs` tensor (per-pair divisors, as its converter writes them).
-    Streamed: the tensor table first, then one tensor at a time (an 8B model does not fit twice)."""
-    import gguf
-    import ml_dtypes
-
-    from llama_tf.attention import rope_frequencies
+    """model-<dtype>.gguf from the HF checkpoint, by llama_tf's own writer (`llama_tf.formats.gguf`): q/k
+    rows in Meta's layout, norms in float32, matrices in `dtype`, Llama 3's rescaling as `rope_freqs`,
+    the vocabulary of `tokenizer` (LLaMA's SentencePiece model, or Llama 3's tokenizer.json)."""
+    import llama_tf
     from llama_tf.checkpoint import read_checkpoint
+    from llama_tf.formats.gguf import write_gguf
 
     checkpoint = read_checkpoint(model_dir)
-    c = checkpoint.config
-    names = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
-             "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
-             "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down",
-             "feed_forward.w3": "ffn_up", "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
-    kv = c.n_kv_heads * c.head_dim
-    shapes = {"tok_embeddings": (c.vocab_size, c.dim), "output": (c.vocab_size, c.dim), "norm": (c.dim,),
-              "attention.wq": (c.dim, c.dim), "attention.wk": (kv, c.dim), "attention.wv": (kv, c.dim),
-              "attention.wo": (c.dim, c.dim), "feed_forward.w1": (c.hidden_dim, c.dim),
-              "feed_forward.w3": (c.hidden_dim, c.dim), "feed_forward.w2": (c.dim, c.hidden_dim),
-              "attention_norm": (c.dim,), "ffn_norm": (c.dim,)}
-    partial = model_dir / f"model-{dtype}.gguf.partial"
-    writer = gguf.GGUFWriter(partial, "llama")
-    writer.add_context_length(c.max_seq_len)
-    writer.add_embedding_length(c.dim)
-    writer.add_block_count(c.n_layers)
-    writer.add_feed_forward_length(c.hidden_dim)
-    writer.add_rope_dimension_count(c.head_dim)
-    writer.add_head_count(c.n_heads)
-    writer.add_head_count_kv(c.n_kv_heads)
-    writer.add_layer_norm_rms_eps(c.norm_eps)
-    writer.add_rope_freq_base(c.rope_theta)
-    writer.add_vocab_size(c.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_BF16)
-    _gguf_vocabulary(writer, tokenizer)
-
-    plan = []   # (gguf name, load -> float32 array)
-    if c.rope_scaling and c.rope_scaling["rope_type"] == "llama3":
-        divisors = np.asarray(rope_frequencies(c.head_dim, c.rope_theta)) / \
-            np.asarray(rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling))
-        plan.append(("rope_freqs.weight", (c.head_dim // 2,), lambda d=divisors: d.astype("float32")))
-    for name, ref in checkpoint.tensors.items():
-        parts = name.removesuffix(".weight").split(".")
-        key = ".".join(parts[2:]) if parts[0] == "layers" else parts[0]
-        target = f"blk.{parts[1]}.{names[key]}" if parts[0] == "layers" else names[key]
-        plan.append((target + ".weight", shapes[key], ref.load))
-
-    def stored(shape):
-        half = dtype == "bfloat16" and len(shape) == 2
-        return (np.uint16, gguf.GGMLQuantizationType.BF16) if half else (np.float32, None)
-
-    for target, shape, _ in plan:
-        kind, raw = stored(shape)
-        writer.add_tensor_info(target, shape, np.dtype(kind), int(np.prod(shape)) * np.dtype(kind).itemsize,
-                               raw_dtype=raw)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for target, shape, load in plan:
-        w = np.ascontiguousarray(load(), dtype="float32")
-        if stored(shape)[1] is not None:
-            w = w.astype(ml_dtypes.bfloat16).view(np.uint16)
-        writer.write_tensor_data(w)
-    writer.close()
-    os.replace(partial, model_dir / f"model-{dtype}.gguf")
+    write_gguf(model_dir / f"model-{dtype}.gguf", checkpoint.config,
+               {name: ref.load for name, ref in checkpoint.tensors.items()}, llama_tf.Tokenizer(tokenizer),
+               {"float32": "F32", "bfloat16": "BF16"}[dtype])
     return {}
 
 

@@ -9,7 +9,9 @@ Modules:
 - `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
 - `llama_tf.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.
+- `llama_tf.formats.gguf`: GGUF, llama.cpp's format: a `llama`-architecture file read into a `Checkpoint` through the `gguf` package.
 - `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
+- `llama_tf.gguf_tokenizer`: The tokenizer inside a GGUF file, as one of the package's kinds: `Tokenizer("model.gguf")` works alone.
 - `llama_tf.hf_tokenizer`: A Hugging Face `tokenizer.json` (what most downloads carry) through the `tokenizers` library.
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
