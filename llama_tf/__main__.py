@@ -1,5 +1,6 @@
 """Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf chat`
-(a conversation in the terminal), `python -m llama_tf eval FILE`.
+(a conversation in the terminal), `python -m llama_tf eval FILE`, `python -m llama_tf convert SRC DST`
+(to Hugging Face safetensors or GGUF).
 
 `generate` and `chat` sample (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by
 default, so the same command prints the same text; `--temperature 0` is greedy. `chat` keeps the
@@ -50,6 +51,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--top-p", type=float, default=0.9, help="nucleus of probability P (default 0.9)")
     c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
 
+    v = sub.add_parser("convert", help="write a checkpoint as Hugging Face safetensors or as GGUF")
+    v.add_argument("source", help="any checkpoint llama_tf reads (folder, .safetensors, .pth, .gguf)")
+    v.add_argument("destination", help="a folder (Hugging Face) or a .gguf file")
+    v.add_argument("--to", choices=["hf", "gguf"], help="default: gguf for a .gguf destination, else hf")
+    v.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "q8_0"],
+                   help="precision of the matrices (default float32; q8_0: GGUF only)")
+    v.add_argument("--tokenizer", help="tokenizer file (default: the one beside SOURCE, or inside a GGUF)")
+
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
     e.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
@@ -64,6 +73,11 @@ def main(argv=None) -> int:
     try:
         import llama_tf
 
+        if args.command == "convert":
+            from llama_tf.convert import convert
+
+            print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
+            return 0
         llm = llama_tf.load(args.weights)
         if args.command == "generate":
             pieces = llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed, top_k=args.top_k,

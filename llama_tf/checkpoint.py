@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from llama_tf.config import LlamaConfig
 
 __all__ = ["CheckpointError", "Checkpoint", "TensorRef", "read_checkpoint", "model_variables",
-           "model_state", "assign_weights", "build_model", "save_hf_checkpoint"]
+           "model_state", "assign_weights", "build_model", "write_hf", "save_hf_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -433,37 +433,77 @@ def hf_config(config: LlamaConfig, dtype: str = "float32") -> dict:
     }
 
 
+SHARD_BYTES = 5 * 10**9   # transformers' default max_shard_size, "5GB"
+_HF_WEIGHT_FILES = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
+
+
+def write_hf(directory: str | Path, config: LlamaConfig, tensors: Mapping[str, Callable[[], np.ndarray]],
+             dtype: str = "float32", files: Mapping[str, bytes] | None = None) -> Path:
+    """Hugging Face's layout from tensors under Meta's names (loaders of arrays in Meta's orientation and
+    RoPE order): `config.json`, `model.safetensors` or 5 GB shards with their index, and `files` (the
+    tokenizer). Tensors are loaded one shard at a time. Every file is written under a temporary name and
+    renamed into place only when all are complete; weight files of an earlier checkpoint in the folder
+    that the new one does not overwrite (an index, other shards) are removed first, so that they can
+    never be read together with the new files."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
+    if np_dtype is None:
+        raise ValueError(f"dtype {dtype!r}: Hugging Face checkpoints are written in float32, float16 or bfloat16")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = f".partial-{os.getpid()}"
+    written: list[Path] = []         # temporary files, in shard order
+    shard_names: list[list[str]] = []
+    try:
+        shard, size = {}, 0
+
+        def flush():
+            path = directory / f".shard{len(written)}{tag}"
+            save_file(shard, path, metadata={"format": "pt"})
+            written.append(path)
+            shard_names.append(list(shard))
+            shard.clear()
+
+        for name, load in tensors.items():
+            w = load()
+            if heads := _rope_heads(name, config):
+                w = permute_rope_rows(w, heads)
+            w = np.ascontiguousarray(w.astype(np_dtype))
+            if shard and size + w.nbytes > SHARD_BYTES:
+                flush()
+                size = 0
+            shard[_meta_to_hf_name(name)], size = w, size + w.nbytes
+        flush()
+        n = len(written)
+        final = ["model.safetensors"] if n == 1 else [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+        others = {"config.json": (json.dumps(hf_config(config, dtype), indent=2) + "\n").encode(), **(files or {})}
+        if n > 1:
+            weight_map = {name: file for file, names in zip(final, shard_names) for name in names}
+            total = sum(p.stat().st_size for p in written)
+            others["model.safetensors.index.json"] = json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+        for name, data in others.items():
+            path = directory / f".{name}{tag}"
+            path.write_bytes(data)
+            written.append(path)
+            final.append(name)
+        for stale in directory.iterdir():
+            if _HF_WEIGHT_FILES.fullmatch(stale.name) and stale.name not in final:
+                stale.unlink()
+        for path, name in zip(written, final):
+            os.replace(path, directory / name)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    return directory
+
+
 def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",
                        tokenizer_model: bytes | None = None) -> Path:
     """Write `model` as `config.json` + `model.safetensors` (+ `tokenizer.model`), readable by
-    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained`. Every file is written under a
-    temporary name first and renamed into place only when all are complete, so an interrupted save never
-    leaves a half-written checkpoint."""
-    import ml_dtypes
-    from safetensors.numpy import save
-
-    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
-    tensors = {}
-    for name, w in model_state(model, config).items():
-        if heads := _rope_heads(name, config):
-            w = permute_rope_rows(w, heads)
-        tensors[_meta_to_hf_name(name)] = np.ascontiguousarray(w.astype(np_dtype))
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    writers = {
-        "model.safetensors": lambda f: f.write_bytes(save(tensors, metadata={"format": "pt"})),
-        "config.json": lambda f: f.write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n"),
-    }
-    if tokenizer_model is not None:
-        writers["tokenizer.model"] = lambda f: f.write_bytes(tokenizer_model)
-    temporary = {name: directory / f".{name}.{os.getpid()}.partial" for name in writers}
-    try:
-        for name, write in writers.items():
-            write(temporary[name])
-        for name, partial_file in temporary.items():
-            os.replace(partial_file, directory / name)
-    finally:
-        for partial_file in temporary.values():
-            partial_file.unlink(missing_ok=True)
-    return directory
+    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained` (see `write_hf`)."""
+    state = model_state(model, config)
+    files = {"tokenizer.model": tokenizer_model} if tokenizer_model is not None else {}
+    return write_hf(directory, config, {name: (lambda w=w: w) for name, w in state.items()}, dtype, files)

@@ -52,6 +52,9 @@ class HFTokenizer(Tokenizer):
     def special_tokens(self) -> dict[str, int]:
         return dict(self._specials)
 
+    def files(self) -> dict[str, bytes]:
+        return {"tokenizer.json": self._tok.to_str().encode()}
+
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a str, got {type(text).__name__}")

@@ -22,7 +22,7 @@ from llama_tf.config import LlamaConfig
 from llama_tf.generation import Decoder, Sampler, TextStream
 from llama_tf.tokenizer import Tokenizer
 
-__all__ = ["LLM", "load", "find_tokenizer", "DEFAULT_WEIGHTS"]
+__all__ = ["LLM", "load", "find_tokenizer", "open_tokenizer", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
 # The model this project trains and ships (see weights/README.md); used when no checkpoint is named.
@@ -41,6 +41,17 @@ def find_tokenizer(directory: str | Path) -> Path | None:
             if (folder / name).is_file():
                 return folder / name
     return None
+
+
+def open_tokenizer(checkpoint, path: str | Path, tokenizer: str | Path | Tokenizer | None = None) -> Tokenizer:
+    "`tokenizer` if given (a `Tokenizer` or a file), else the one a GGUF file carries, else the one beside the weights."
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    tokenizer_path = tokenizer or (Path(path) if checkpoint.format == "gguf" else find_tokenizer(checkpoint.directory))
+    if tokenizer_path is None:
+        raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {checkpoint.directory} or its parent; "
+                                "pass tokenizer=PATH")
+    return Tokenizer(tokenizer_path)
 
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
@@ -66,15 +77,7 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
         checkpoint = checkpoint._replace(config=checkpoint.config.replace(max_seq_len=max_seq_len))
     config = checkpoint.config
 
-    if not isinstance(tokenizer, Tokenizer):
-        # A GGUF file carries its own tokenizer.
-        tokenizer_path = tokenizer or (Path(path) if checkpoint.format == "gguf" else find_tokenizer(checkpoint.directory))
-        if tokenizer_path is None:
-            raise FileNotFoundError(
-                f"no tokenizer.model or tokenizer.json in {checkpoint.directory} or its parent; "
-                "pass tokenizer=PATH to load()"
-            )
-        tokenizer = Tokenizer(tokenizer_path)
+    tokenizer = open_tokenizer(checkpoint, path, tokenizer)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {config.vocab_size} embeddings"

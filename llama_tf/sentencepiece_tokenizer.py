@@ -75,6 +75,10 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.detokenize(list(ids))
 
+    def files(self) -> dict[str, bytes]:
+        "The tokenizer as a checkpoint folder holds it."
+        return {"tokenizer.model": self.model_proto}
+
     def detokenize(self, ids):
         "ids -> str (1-D ids) or list of str (a batch); a `tf.string` tensor inside a graph."
         if isinstance(ids, (list, tuple)) and ids and not np.isscalar(ids[0]):

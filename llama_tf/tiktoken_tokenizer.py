@@ -94,6 +94,7 @@ class TiktokenTokenizer(Tokenizer):
                 raise FileNotFoundError(f"tokenizer file not found: {path}")
             data, name = path.read_bytes(), str(path)
         ranks = read_ranks(data, name)
+        self._data = data
         self._specials = {token: len(ranks) + i for i, token in enumerate(LLAMA3_SPECIAL_TOKENS)}
         self._encoding = tiktoken.Encoding(name=Path(name).name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                                            special_tokens=self._specials)
@@ -106,6 +107,9 @@ class TiktokenTokenizer(Tokenizer):
     @property
     def special_tokens(self) -> dict[str, int]:
         return dict(self._specials)
+
+    def files(self) -> dict[str, bytes]:
+        return {"tokenizer.model": self._data}
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):

@@ -107,6 +107,10 @@ class Tokenizer:
         "Special tokens by their text."
         return {}
 
+    def files(self) -> dict[str, bytes]:
+        "The tokenizer as a checkpoint folder holds it (file name -> bytes), to write beside weights."
+        raise NotImplementedError
+
     # -- built on them ----------------------------------------------------------------------------------
     @property
     def stop_ids(self) -> tuple[int, ...]:

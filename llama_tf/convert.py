@@ -1,0 +1,42 @@
+"""`convert`: any checkpoint llama_tf reads, written as Hugging Face safetensors or as a GGUF file.
+
+`python -m llama_tf convert SRC DST [--to hf|gguf] [--dtype float32|float16|bfloat16|q8_0]` calls it.
+The tensors go through one at a time (Hugging Face: one 5 GB shard at a time), never a whole model in
+float32; the tokenizer goes along (`tokenizer.model` / `tokenizer.json` beside the safetensors, or
+the vocabulary inside the GGUF file). A model trained with `llama_tf.train` and converted to GGUF runs
+in llama.cpp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llama_tf.checkpoint import read_checkpoint, write_hf
+from llama_tf.llm import open_tokenizer
+
+__all__ = ["convert", "FORMATS", "DTYPES"]
+
+FORMATS = ("hf", "gguf")
+DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "q8_0": "Q8_0"}   # name -> GGUF type
+
+
+def convert(source: str | Path, destination: str | Path, to: str | None = None, dtype: str = "float32",
+            tokenizer: str | Path | None = None) -> Path:
+    """Write the checkpoint at `source` to `destination` in format `to` ("hf": a folder; "gguf": a file;
+    default: "gguf" for a destination ending in .gguf, else "hf"), its matrices in `dtype` (float32,
+    float16, bfloat16; GGUF also q8_0). Returns `destination`."""
+    destination = Path(destination)
+    to = to or ("gguf" if destination.suffix == ".gguf" else "hf")
+    if to not in FORMATS:
+        raise ValueError(f"cannot convert to {to!r}; formats: {', '.join(FORMATS)}")
+    if dtype not in DTYPES or (to == "hf" and dtype == "q8_0"):
+        allowed = list(DTYPES) if to == "gguf" else [d for d in DTYPES if d != "q8_0"]
+        raise ValueError(f"dtype {dtype!r} for {to}: one of {', '.join(allowed)}")
+    checkpoint = read_checkpoint(source)
+    vocabulary = open_tokenizer(checkpoint, source, tokenizer)
+    tensors = {name: ref.load for name, ref in checkpoint.tensors.items()}
+    if to == "gguf":
+        from llama_tf.formats.gguf import write_gguf
+
+        return write_gguf(destination, checkpoint.config, tensors, vocabulary, DTYPES[dtype])
+    return write_hf(destination, checkpoint.config, tensors, dtype, vocabulary.files())

@@ -1,0 +1,87 @@
+"""`llama_tf.convert` and `python -m llama_tf convert`: any readable checkpoint to Hugging Face safetensors or
+GGUF. The shipped model, trained in Keras, runs in llama.cpp with the same greedy text; round trips keep
+the logits; writing over a sharded checkpoint leaves nothing of the old one to be read."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import llama_tf
+from llama_tf import checkpoint as checkpoint_module
+from llama_tf.convert import convert
+from conftest import ROOT, require
+from reference import hf_model, max_relative_error, write_hf
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llama_tf", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+
+def test_the_default_model_runs_in_llama_cpp(tmp_path):
+    "Train in Keras, run anywhere: the converted GGUF gives llama.cpp the same greedy text."
+    llama_cpp = require("llama_cpp")
+    result = run_cli("convert", llama_tf.DEFAULT_WEIGHTS, tmp_path / "shakespeare.gguf")
+    assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "shakespeare.gguf"), result.stderr
+    llm = llama_tf.load()
+    cpp = llama_cpp.Llama(str(tmp_path / "shakespeare.gguf"), verbose=False, n_ctx=256, n_threads=2)
+    prompt = cpp.tokenize(b"ROMEO:", add_bos=True, special=False)
+    assert prompt == llm.tokenizer.tokenize("ROMEO:").numpy().tolist()
+    theirs = []
+    for token in cpp.generate(prompt, temp=0.0, top_k=1):
+        theirs.append(token)
+        if len(theirs) == 48:
+            break
+    ours = llm.generate_ids(prompt, 48, stop_ids=())
+    assert ours == theirs
+    assert llm.generate("ROMEO:", 48).startswith(cpp.detokenize(theirs).decode()[:40])
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, tiny_tokenizer_proto):
+    model = hf_model(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+    return write_hf(model, tmp_path_factory.mktemp("hf") / "hf", tiny_tokenizer_proto)
+
+
+def test_round_trips_keep_the_logits(hf_dir, tmp_path):
+    ids = np.random.default_rng(0).integers(3, 384, size=(2, 30))
+    reference = np.asarray(llama_tf.load(hf_dir).model(ids))
+    gguf = convert(hf_dir, tmp_path / "m.gguf")
+    back = convert(gguf, tmp_path / "back")
+    assert sorted(p.name for p in back.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    for path in (gguf, back):
+        assert max_relative_error(np.asarray(llama_tf.load(path).model(ids)), reference) <= 1e-6
+    half = convert(hf_dir, tmp_path / "half", dtype="bfloat16")
+    assert max_relative_error(np.asarray(llama_tf.load(half).model(ids)), reference) <= 3e-2
+    assert llama_tf.load(back).tokenizer.encode("Beautiful is better") == llama_tf.load(hf_dir).tokenizer.encode(
+        "Beautiful is better")
+
+
+def test_writing_over_a_sharded_checkpoint_leaves_only_the_new_one(hf_dir, tmp_path, monkeypatch):
+    ids = np.random.default_rng(1).integers(3, 384, size=(1, 12))
+    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 100_000)     # shards of ~100 kB
+    sharded = convert(hf_dir, tmp_path / "out")
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("model-*"))) > 2
+    assert max_relative_error(np.asarray(llama_tf.load(sharded).model(ids)),
+                              np.asarray(llama_tf.load(hf_dir).model(ids))) <= 1e-6
+    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 10**12)
+    other = write_hf(hf_model(seed=5, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                              num_key_value_heads=2), tmp_path / "other", (hf_dir / "tokenizer.model").read_bytes())
+    convert(other, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors",
+                                                                    "tokenizer.model"]
+    assert max_relative_error(np.asarray(llama_tf.load(tmp_path / "out").model(ids)),
+                              np.asarray(llama_tf.load(other).model(ids))) <= 1e-6
+
+
+def test_bad_conversions(hf_dir, tmp_path):
+    with pytest.raises(ValueError, match="dtype 'q8_0' for hf: one of float32, float16, bfloat16"):
+        convert(hf_dir, tmp_path / "x", dtype="q8_0")
+    with pytest.raises(ValueError, match="cannot convert to 'onnx'"):
+        convert(hf_dir, tmp_path / "x", to="onnx")
+    result = run_cli("convert", tmp_path / "missing", tmp_path / "y.gguf")
+    assert result.returncode == 1 and result.stderr.startswith("error: checkpoint not found")
+    assert "Traceback" not in result.stderr and not (tmp_path / "y.gguf").exists()
