@@ -68,9 +68,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if path.suffix == ".gguf":
         from llama_tf.formats.gguf import read_gguf
         return read_gguf(path)
+    if path.suffix == ".bin" and path.is_file():
+        from llama_tf.formats.llama2c import looks_like_llama2c, read_llama2c
+        if looks_like_llama2c(path):
+            return read_llama2c(path)
+        raise CheckpointError(f"{path}: not a llama2.c checkpoint; a PyTorch pytorch_model.bin (pickle) is never "
+                              "read: convert it to safetensors")
     raise CheckpointError(
         f"{path}: not a LLaMA checkpoint llama_tf can read; expected a directory with Meta's params.json + "
-        "consolidated.*.pth, Hugging Face's config.json + *.safetensors, or a .gguf file"
+        "consolidated.*.pth, Hugging Face's config.json + *.safetensors, a .gguf file or a llama2.c .bin file"
     )
 
 

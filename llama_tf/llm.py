@@ -29,12 +29,13 @@ WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shakespeare"
 
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")
 
 
 def find_tokenizer(directory: str | Path) -> Path | None:
     """The tokenizer beside the weights, or one level up (Meta's downloads keep it there):
-    `tokenizer.model` (SentencePiece, or Llama 3's tiktoken ranks), else Hugging Face's `tokenizer.json`."""
+    `tokenizer.model` (SentencePiece, or Llama 3's tiktoken ranks), else Hugging Face's `tokenizer.json`,
+    else llama2.c's `tokenizer.bin`."""
     directory = Path(directory)
     for folder in (directory, directory.parent):
         for name in TOKENIZER_FILES:

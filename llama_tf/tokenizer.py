@@ -6,6 +6,7 @@
 | `tokenizer.model`, lines of `base64(bytes) rank` (Llama 3) | `TiktokenTokenizer` | `tiktoken` |
 | `tokenizer.json` (Hugging Face downloads) | `HFTokenizer` | `tokenizers` |
 | a `.gguf` file's own vocabulary | `GGUFSentencePieceTokenizer` / `GGUFBytePairTokenizer` | as above |
+| llama2.c's `tokenizer.bin` | `Llama2cTokenizer` | as SentencePiece |
 
 Every kind has `tokenize` (text -> int32 ids, a `tf.RaggedTensor` for a batch, usable in `tf.function`
 and `tf.data`), `detokenize`, `encode`/`decode` on Python lists, `id_to_string`, `vocab_size`, `bos_id`,
@@ -42,8 +43,11 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
             from llama_tf.hf_tokenizer import HFTokenizer
             return HFTokenizer
         if path.suffix == ".gguf":
-            from llama_tf.gguf_tokenizer import gguf_tokenizer_kind
+            from llama_tf.embedded_tokenizers import gguf_tokenizer_kind
             return gguf_tokenizer_kind(path)
+        if path.suffix == ".bin":
+            from llama_tf.embedded_tokenizers import Llama2cTokenizer
+            return Llama2cTokenizer
         with open(path, "rb") as f:
             head = f.read(256)
     else:

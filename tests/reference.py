@@ -181,3 +181,73 @@ def meta_llama3_chat_tokens(meta_tokenizer, dialog: list[dict]) -> list[int]:
     datatypes = require("llama_models.datatypes")
     messages = [datatypes.RawMessage(role=m["role"], content=m["content"]) for m in dialog]
     return chat_format.ChatFormat(meta_tokenizer).encode_dialog_prompt(messages).tokens
+
+
+def write_llama2c(model, path: Path, version: int = 0, group_size: int = 64) -> Path:
+    """A llama2.c `.bin` of a `LlamaForCausalLM`, as llama2.c's `export.py` writes it (`legacy_export`,
+    `version1_export`, `version2_export`), transcribed: q/k rows in Meta's order, RoPE tables in v0."""
+    import struct
+
+    state, config = meta_state(model), model.config
+    n_layers, dim = config.num_hidden_layers, config.hidden_size
+    head_dim = dim // config.num_attention_heads
+    shared = "output.weight" not in state
+    header = [dim, config.intermediate_size, n_layers, config.num_attention_heads,
+              config.num_key_value_heads, config.vocab_size, config.max_position_embeddings]
+
+    def layers(kind):
+        return [state[f"layers.{i}.{kind}.weight"] for i in range(n_layers)]
+
+    matrices = [m for kind in ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                               "feed_forward.w1", "feed_forward.w2", "feed_forward.w3") for m in layers(kind)]
+    with open(path, "wb") as f:
+        if version == 0:
+            f.write(struct.pack("7i", *header[:5], header[5] if shared else -header[5], header[6]))
+            freqs = 1.0 / (10000.0 ** (np.arange(0, head_dim, 2)[: head_dim // 2] / head_dim))
+            angles = np.outer(np.arange(header[6]), freqs)
+            weights = [state["tok_embeddings.weight"], *layers("attention_norm"), *matrices[: 4 * n_layers],
+                       *layers("ffn_norm"), *matrices[4 * n_layers:], state["norm.weight"], np.cos(angles),
+                       np.sin(angles)] + ([] if shared else [state["output.weight"]])
+        else:
+            f.write(struct.pack("I", 0x616B3432) + struct.pack("i", version) + struct.pack("7i", *header))
+            f.write(struct.pack("B", int(shared)))
+            if version == 2:
+                f.write(struct.pack("i", group_size))
+            f.write(b"\0" * (256 - f.tell()))
+            norms = [*layers("attention_norm"), *layers("ffn_norm"), state["norm.weight"]]
+            quantised = [state["tok_embeddings.weight"], *matrices] + ([] if shared else [state["output.weight"]])
+            weights = norms + quantised if version == 1 else norms
+        for w in weights:
+            f.write(np.asarray(w, "<f4").tobytes())
+        if version == 2:
+            scales = []
+            for w in quantised:
+                groups = np.asarray(w, np.float32).reshape(-1, group_size)
+                scale = np.abs(groups).max(axis=1) / 127.0
+                f.write(np.round(groups / scale[:, None]).astype(np.int8).tobytes())
+                scales.append(scale.astype("<f4"))
+            for scale in scales:
+                f.write(scale.tobytes())
+    return path
+
+
+def write_llama2c_tokenizer(tokenizer_proto: bytes, path: Path) -> Path:
+    "llama2.c's `tokenizer.bin`, as its `tokenizer.py` `export()` writes it, transcribed."
+    import struct
+
+    sp = require("sentencepiece").SentencePieceProcessor(model_proto=tokenizer_proto)
+    tokens, scores = [], []
+    for i in range(sp.vocab_size()):
+        t = sp.id_to_piece(i)
+        if i == sp.bos_id():
+            t = "\n<s>\n"
+        elif i == sp.eos_id():
+            t = "\n</s>\n"
+        tokens.append(t.replace("▁", " ").encode("utf-8"))
+        scores.append(sp.get_score(i))
+    with open(path, "wb") as f:
+        f.write(struct.pack("I", max(len(t) for t in tokens)))
+        for token, score in zip(tokens, scores):
+            f.write(struct.pack("fI", score, len(token)))
+            f.write(token)
+    return path
