@@ -61,9 +61,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     directory = path if path.is_dir() else path.parent
-    if path.suffix == ".safetensors" or (path.is_dir() and (path / "config.json").is_file()):
+    if path.suffix == ".safetensors" or (path.is_dir() and (path / "config.json").exists()):
         return _read_hf(path, directory)
-    if path.suffix in (".pth", ".pt") or (path.is_dir() and (path / "params.json").is_file()):
+    if path.suffix in (".pth", ".pt") or (path.is_dir() and (path / "params.json").exists()):
         return _read_meta(path, directory)
     if path.suffix == ".gguf":
         from llama_tf.formats.gguf import read_gguf
@@ -81,12 +81,20 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _read_json(file: Path) -> dict:
+    "A JSON object from `file`; anything else (a list, deep nesting, a FIFO, bad UTF-8) is a CheckpointError."
+    if file.exists() and not file.is_file():
+        raise CheckpointError(f"{file}: not a regular file")
     if not file.is_file():
         raise FileNotFoundError(f"{file.name} not found beside the weights in {file.parent}")
     try:
-        return json.loads(file.read_text())
+        value = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{file}: JSON nested too deeply to be a configuration") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, found a {type(value).__name__}")
+    return value
 
 
 def _config(make: Callable[[], LlamaConfig], file: Path) -> LlamaConfig:
@@ -165,8 +173,15 @@ def _read_hf(path: Path, directory: Path) -> Checkpoint:
     if path.is_file():
         files = [path]
     elif index.is_file():
-        files = sorted({directory / f for f in _read_json(index).get("weight_map", {}).values()})
+        weight_map = _read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: no weight_map of tensor names to file names")
+        files = sorted({directory / f for f in weight_map.values()})
         for f in files:
+            if f.resolve().parent != directory.resolve():
+                raise CheckpointError(f"{index} lists {os.path.relpath(f, directory)}, which is not a file in "
+                                      f"{directory}: an index may only name files beside it")
             if not f.is_file():
                 raise FileNotFoundError(f"{f.name}, listed in {index.name}, not found in {directory}")
     else:
@@ -181,6 +196,9 @@ def _read_hf(path: Path, directory: Path) -> Checkpoint:
             if meta_name is None:
                 unknown.append(hf_name)
                 continue
+            if meta_name in tensors:
+                raise CheckpointError(f"{directory}: tensor {hf_name} is stored twice ({tensors[meta_name].source}, "
+                                      f"and in {file.name})")
             heads = _rope_heads(meta_name, config)
             transform = partial(unpermute_rope_rows, n_heads=heads) if heads else None
             tensors[meta_name] = TensorRef(f"{hf_name} in {file.name}", partial(_load_safetensor, file, hf_name, transform))
@@ -291,6 +309,21 @@ def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
             for name, (var, transposed) in model_variables(model, config).items()}
 
 
+_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
+
+
+def _has_non_finite(array: np.ndarray) -> bool:
+    """Whether a float array holds NaN or ±inf: an exponent of all ones, tested on the raw bits in chunks
+    (no full-size temporary; 5 GB/s)."""
+    if array.dtype.kind not in "fV" or array.dtype.itemsize not in _EXPONENT:
+        return False
+    words, mask = _EXPONENT[array.dtype.itemsize]
+    if array.dtype.itemsize == 2 and array.dtype != np.float16:   # bfloat16: float32's exponent bits
+        mask = 0x7F80
+    flat = np.ascontiguousarray(array).view(words).reshape(-1)
+    return any(((flat[i: i + (1 << 24)] & mask) == mask).any() for i in range(0, flat.size, 1 << 24))
+
+
 def backend_tensor(array: np.ndarray, transpose: bool = False):
     """`array` (transposed, if asked) as a tensor of the Keras backend, its data copied once.
 
@@ -347,6 +380,8 @@ def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef
                 f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
                 f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
             )
+        if _has_non_finite(array):
+            raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
         # The NumPy array goes as soon as the tensor holds its data; a cast to another precision happens
         # last, on the backend (NumPy casts bfloat16 element by element).
         tensor = backend_tensor(array, transpose=transposed)

@@ -94,6 +94,12 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: head_dim={self.head_dim} must be even for rotary embeddings")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"LlamaConfig.{name} must be a finite number, got {value!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"LlamaConfig.tie_embeddings must be True or False, got {self.tie_embeddings!r}")
         if not self.norm_eps > 0 or not self.rope_theta > 0:
             raise ValueError(
                 f"LlamaConfig: norm_eps ({self.norm_eps}) and rope_theta ({self.rope_theta}) must be positive"
@@ -138,6 +144,12 @@ class LlamaConfig:
         """From a Hugging Face `config.json` of a `LlamaForCausalLM`."""
         if cfg.get("model_type", "llama") != "llama":
             raise ValueError(f"config.json describes a {cfg['model_type']!r} model, not 'llama'")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                    "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = cfg[key] if key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                        "intermediate_size", "vocab_size") else cfg.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"config.json: {key} must be an integer, got {value!r}")
         # transformers >= 5 nests rope settings in `rope_parameters`; older versions use top-level keys.
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
         for flag in ("attention_bias", "mlp_bias"):
@@ -150,6 +162,9 @@ class LlamaConfig:
                 f"config.json: head_dim={head_dim} × num_attention_heads={n_heads} != hidden_size="
                 f"{cfg['hidden_size']}; llama_tf needs head_dim = hidden_size / num_attention_heads"
             )
+        tie = cfg.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise ValueError(f"config.json: tie_word_embeddings must be true or false, got {tie!r}")
         return cls(
             dim=cfg["hidden_size"],
             n_layers=cfg["num_hidden_layers"],
@@ -160,6 +175,6 @@ class LlamaConfig:
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
             max_seq_len=cfg.get("max_position_embeddings", 2048),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_embeddings=tie,
             rope_scaling=rope,
         )

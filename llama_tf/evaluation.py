@@ -51,6 +51,10 @@ def _windows(n: int, context: int, stride: int):
 def score_ids(model, ids, bos_id: int, context: int, stride: int | None = None, batch_size: int = 16) -> float:
     """Total NLL (nats) of token `ids` (1-D, no BOS) under `model` (ids -> logits), BOS-first windows."""
     ids = np.asarray(ids, dtype=np.int64)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 2:
+        raise ValueError(f"context must be an integer of at least 2 tokens, got {context!r}")
     stride = stride or context // 2
     if not 0 < stride < context:
         raise ValueError(f"stride must be between 1 and context - 1 = {context - 1}, got {stride}")

@@ -91,6 +91,12 @@ class Decoder:
         lengths = np.array([len(p) for p in prompts])
         if len(prompts) == 0 or lengths.min() == 0:
             raise ValueError("every prompt needs at least one token (BOS counts)")
+        vocab = self.model.output_shape[-1]
+        for row, prompt in enumerate(prompts):
+            bad = [t for t in prompt if not _is_int(t) or not 0 <= t < vocab]
+            if bad:
+                where = "the prompt" if len(prompts) == 1 else f"prompt {row}"
+                raise ValueError(f"{where} holds token id {bad[0]!r}, outside the vocabulary (0..{vocab - 1})")
         if lengths.max() > self.max_seq_len:
             which = "the prompt" if len(prompts) == 1 else f"prompt {int(lengths.argmax())}"
             raise ValueError(f"{which} is {lengths.max()} tokens, longer than the model's context of "

@@ -233,3 +233,82 @@ def test_pickle_is_never_used_for_safetensors(hf_dir, monkeypatch):
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle.loads called"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
     llama_tf.load(hf_dir)
+
+
+# -- issue 11: each of these was reproduced before its fix ------------------------------------------------
+
+def _config_json(hf_dir) -> dict:
+    return json.loads((hf_dir / "config.json").read_text())
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2, 3]", "expected a JSON object, found a list"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_config_json_that_is_not_an_object(hf_dir, content, message):
+    (hf_dir / "config.json").write_text(content)
+    with pytest.raises(llama_tf.CheckpointError, match=message):
+        llama_tf.load(hf_dir)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tie_word_embeddings", "false", "tie_word_embeddings must be true or false"),
+    ("hidden_size", "64", "hidden_size must be an integer, got '64'"),
+    ("rms_norm_eps", "1e-5", "norm_eps must be a finite number"),
+])
+def test_config_values_of_the_wrong_type(hf_dir, field, value, message):
+    config = _config_json(hf_dir)
+    config[field] = value
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(llama_tf.CheckpointError, match=message):
+        llama_tf.load(hf_dir)
+
+
+def test_a_fifo_is_not_a_config(hf_dir):
+    (hf_dir / "config.json").unlink()
+    os.mkfifo(hf_dir / "config.json")
+    with pytest.raises(llama_tf.CheckpointError, match="not a regular file"):
+        llama_tf.load(hf_dir)
+
+
+@pytest.mark.parametrize("target", ["../outside.safetensors", "/etc/passwd"])
+def test_an_index_may_only_name_files_beside_it(hf_dir, target):
+    index = {"weight_map": {"model.embed_tokens.weight": target}}
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(llama_tf.CheckpointError, match="an index may only name files beside it"):
+        llama_tf.load(hf_dir)
+
+
+def test_an_index_that_is_a_list(hf_dir):
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    with pytest.raises(llama_tf.CheckpointError, match="no weight_map of tensor names to file names"):
+        llama_tf.load(hf_dir)
+
+
+def test_a_tensor_stored_twice(hf_dir):
+    shutil.copy(hf_dir / "model.safetensors", hf_dir / "model-copy.safetensors")
+    with pytest.raises(llama_tf.CheckpointError, match="is stored twice"):
+        llama_tf.load(hf_dir)
+
+
+def test_non_finite_weights_are_reported_at_load(hf_dir):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(hf_dir / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(tensors, hf_dir / "model.safetensors")
+    with pytest.raises(llama_tf.CheckpointError, match="'layers.1.feed_forward.w3.weight' .* NaN or infinite"):
+        llama_tf.load(hf_dir)
+
+
+@pytest.mark.parametrize("ids", [[1, -1, 5], [1, 384], [1, 10**9]])
+def test_token_ids_outside_the_vocabulary(ids, hf_dir):
+    llm = llama_tf.load(hf_dir)
+    with pytest.raises(ValueError, match=f"the prompt holds token id {[i for i in ids if not 0 <= i < 384][0]}, outside the vocabulary .0..383."):
+        llm.generate_ids(ids, 3)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_evaluate_needs_a_positive_batch_size(hf_dir, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        llama_tf.evaluate(llama_tf.load(hf_dir), "Beautiful is better than ugly.", batch_size=batch_size)
