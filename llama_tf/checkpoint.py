@@ -42,6 +42,7 @@ class CheckpointError(ValueError):
 class TensorRef(NamedTuple):
     source: str                      # where the tensor comes from, for error messages
     load: Callable[[], np.ndarray]   # reads it (Meta orientation and RoPE layout)
+    shape: tuple | None = None       # its shape, when the file says it without reading the data
 
 
 class Checkpoint(NamedTuple):
@@ -148,12 +149,13 @@ def _rope_heads(name: str, config: LlamaConfig) -> int | None:
     return None
 
 
-def _safetensors_keys(file: Path) -> list[str]:
+def _safetensors_keys(file: Path) -> dict[str, tuple]:
+    "Tensor names and shapes in a safetensors file, from its header."
     from safetensors import safe_open
 
     try:
         with safe_open(file, framework="numpy") as f:
-            return list(f.keys())
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError, or OSError
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 
@@ -191,7 +193,7 @@ def _read_hf(path: Path, directory: Path) -> Checkpoint:
 
     tensors, unknown = {}, []
     for file in files:
-        for hf_name in _safetensors_keys(file):
+        for hf_name, shape in _safetensors_keys(file).items():
             meta_name = _hf_to_meta_name(hf_name)
             if meta_name is None:
                 unknown.append(hf_name)
@@ -201,7 +203,8 @@ def _read_hf(path: Path, directory: Path) -> Checkpoint:
                                       f"and in {file.name})")
             heads = _rope_heads(meta_name, config)
             transform = partial(unpermute_rope_rows, n_heads=heads) if heads else None
-            tensors[meta_name] = TensorRef(f"{hf_name} in {file.name}", partial(_load_safetensor, file, hf_name, transform))
+            tensors[meta_name] = TensorRef(f"{hf_name} in {file.name}",
+                                           partial(_load_safetensor, file, hf_name, transform), shape)
     unknown = [n for n in unknown if not _IGNORED.search(n)]
     if unknown:
         raise CheckpointError(f"{directory}: tensors that are not part of a LLaMA model: {unknown[:3]}")
@@ -274,7 +277,10 @@ def _read_meta(path: Path, directory: Path) -> Checkpoint:
         parts = [state[name] for state in states]
         axis = _shard_axis(name, tuple(parts[0].shape), dim) if len(parts) > 1 else None
         source = f"{name} in {shards[0].name}" + (f" … {shards[-1].name}" if len(shards) > 1 else "")
-        tensors[name] = TensorRef(source, partial(_merge_shards, parts, axis))
+        shape = list(parts[0].shape)
+        if axis is not None:
+            shape[axis] = sum(int(p.shape[axis]) for p in parts)
+        tensors[name] = TensorRef(source, partial(_merge_shards, parts, axis), tuple(shape))
     embedding_shapes = [tuple(s["tok_embeddings.weight"].shape) for s in states]
     rows_split = len(states) > 1 and _shard_axis("tok_embeddings.weight", embedding_shapes[0], dim) == 0
     embedding_rows = sum(s[0] for s in embedding_shapes) if rows_split else embedding_shapes[0][0]
@@ -285,6 +291,49 @@ def _read_meta(path: Path, directory: Path) -> Checkpoint:
 
 # ---------------------------------------------------------------------------------------------------
 # Checkpoint tensors <-> Keras variables
+
+def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    "Every tensor a model of `config` has, under Meta's names, with its shape in Meta's (out, in) orientation."
+    kv = config.n_kv_heads * config.head_dim
+    per_layer = {"attention.wq": (config.dim, config.dim), "attention.wk": (kv, config.dim),
+                 "attention.wv": (kv, config.dim), "attention.wo": (config.dim, config.dim),
+                 "feed_forward.w1": (config.hidden_dim, config.dim), "feed_forward.w2": (config.dim, config.hidden_dim),
+                 "feed_forward.w3": (config.hidden_dim, config.dim), "attention_norm": (config.dim,),
+                 "ffn_norm": (config.dim,)}
+    shapes = {"tok_embeddings.weight": (config.vocab_size, config.dim), "norm.weight": (config.dim,)}
+    if not config.tie_embeddings:
+        shapes["output.weight"] = (config.vocab_size, config.dim)
+    for i in range(config.n_layers):
+        shapes.update({f"layers.{i}.{kind}.weight": shape for kind, shape in per_layer.items()})
+    return shapes
+
+
+def validate(checkpoint: Checkpoint) -> None:
+    """The files hold exactly the tensors their configuration describes, with its shapes (where the file
+    states them): checked before a model is built, so that a configuration claiming a million layers or
+    a 10¹² feed-forward width fails at once, naming the disagreement, instead of allocating."""
+    config, tensors = checkpoint.config, checkpoint.tensors
+    layers = {int(name.split(".")[1]) for name in tensors if name.startswith("layers.") and
+              name.split(".")[1].isdigit()}
+    if len(layers) != config.n_layers or (layers and max(layers) != config.n_layers - 1):
+        raise CheckpointError(f"{checkpoint.directory}: the configuration says {config.n_layers} layers, the "
+                              f"files hold {len(layers)}")
+    expected = tensor_shapes(config)
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint has no tensor {missing[0]!r}{more}")
+    unused = sorted(set(tensors) - set(expected))
+    if unused:
+        raise CheckpointError(f"checkpoint has tensors a model with this config does not use: {unused[:3]}")
+    for name, shape in expected.items():
+        ref = tensors[name]
+        if ref.shape is not None and tuple(ref.shape) != shape:
+            raise CheckpointError(
+                f"tensor {name!r} ({ref.source}) has shape {tuple(ref.shape)}, but the config "
+                f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
+                f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {shape}")
+
 
 def model_variables(model, config: LlamaConfig) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
@@ -421,6 +470,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     from llama_tf.model import build_llama
 
     config = checkpoint.config
+    validate(checkpoint)
     bar = None
     try:
         with keras.StatelessScope():   # variables created in here are initialised when it exits

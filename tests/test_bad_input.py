@@ -312,3 +312,22 @@ def test_token_ids_outside_the_vocabulary(ids, hf_dir):
 def test_evaluate_needs_a_positive_batch_size(hf_dir, batch_size):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         llama_tf.evaluate(llama_tf.load(hf_dir), "Beautiful is better than ugly.", batch_size=batch_size)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 1_000_000, "the configuration says 1000000 layers, the files hold 2"),
+    ("num_hidden_layers", 1, "the configuration says 1 layers, the files hold 2"),
+    ("intermediate_size", 10**12, r"has shape \(172, 64\), but the config .* expects \(1000000000000, 64\)"),
+    ("vocab_size", 10**9, r"expects \(1000000000, 64\)"),
+])
+def test_the_config_is_checked_against_the_files_before_anything_is_built(hf_dir, field, value, message):
+    "Before, a million layers hung, and a 10¹² feed-forward width failed inside random initialisation."
+    import time
+
+    config = _config_json(hf_dir)
+    config[field] = value
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    begin = time.perf_counter()
+    with pytest.raises(llama_tf.CheckpointError, match=message):
+        llama_tf.load(hf_dir)
+    assert time.perf_counter() - begin < 30

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_tf.checkpoint import Checkpoint, CheckpointError, TensorRef
+from llama_tf.checkpoint import Checkpoint, CheckpointError, TensorRef, tensor_shapes
 from llama_tf.config import LlamaConfig
 
 __all__ = ["read_gguf", "SUPPORTED_TYPES"]
@@ -124,7 +124,7 @@ def read_gguf(path: Path) -> Checkpoint:
             vocab_rows = int(tensor.shape[-1])
         shape = tuple(int(n) for n in reversed(tensor.shape))             # GGML lists the fastest axis first
         tensors[meta_name] = TensorRef(f"{tensor.name} in {path.name}", partial(
-            _load_tensor, path, int(tensor.data_offset), int(tensor.n_bytes), tensor.tensor_type, shape))
+            _load_tensor, path, int(tensor.data_offset), int(tensor.n_bytes), tensor.tensor_type, shape), shape)
     if unknown:
         raise CheckpointError(f"{path}: tensors that are not part of a LLaMA model: {unknown[:3]}")
     if vocab_rows is None:
@@ -279,17 +279,7 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, tokenizer, 
             return f"blk.{parts[1]}.{layer_names['.'.join(parts[2:])]}.weight"
         return f"{names[parts[0]]}.weight"
 
-    kv = config.n_kv_heads * config.head_dim
-    shapes = {"tok_embeddings": (config.vocab_size, config.dim), "output": (config.vocab_size, config.dim),
-              "norm": (config.dim,), "attention.wq": (config.dim, config.dim), "attention.wk": (kv, config.dim),
-              "attention.wv": (kv, config.dim), "attention.wo": (config.dim, config.dim),
-              "feed_forward.w1": (config.hidden_dim, config.dim), "feed_forward.w3": (config.hidden_dim, config.dim),
-              "feed_forward.w2": (config.dim, config.hidden_dim), "attention_norm": (config.dim,),
-              "ffn_norm": (config.dim,)}
-
-    def shape_of(name: str) -> tuple[int, ...]:
-        parts = name.removesuffix(".weight").split(".")
-        return shapes[".".join(parts[2:]) if parts[0] == "layers" else parts[0]]
+    shapes = tensor_shapes(config)
 
     plan = []   # (gguf name, shape, stored type, load)
     if config.rope_scaling and config.rope_scaling["rope_type"] == "llama3":
@@ -298,7 +288,7 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, tokenizer, 
         plan.append(("rope_freqs.weight", divisors.shape, gguf.GGMLQuantizationType.F32,
                      lambda d=divisors.astype("float32"): d))
     for name, load in tensors.items():
-        shape = shape_of(name)
+        shape = shapes[name]
         plan.append((target(name), shape, kind if len(shape) == 2 else gguf.GGMLQuantizationType.F32, load))
 
     def encoded(array: np.ndarray, stored) -> np.ndarray:

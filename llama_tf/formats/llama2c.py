@@ -142,20 +142,22 @@ def read_llama2c(path: Path) -> Checkpoint:
         position = offset
         for name, shape in layout:                     # the float32 norms first
             if len(shape) == 1:
-                tensors[name] = TensorRef(f"{name} in {path.name}", partial(_read_float32, path, position, shape))
+                tensors[name] = TensorRef(f"{name} in {path.name}", partial(_read_float32, path, position, shape),
+                                          shape)
                 position += 4 * shape[0]
         matrices = [(n, s) for n, s in layout if len(s) > 1]
         scale_position = position + sum(int(np.prod(s)) for _, s in matrices)
         for name, shape in matrices:
             n = int(np.prod(shape))
             tensors[name] = TensorRef(f"{name} in {path.name}",
-                                      partial(_read_q80, path, position, scale_position, shape, group))
+                                      partial(_read_q80, path, position, scale_position, shape, group), shape)
             position, scale_position = position + n, scale_position + 4 * (n // group)
     else:
         position = offset
         for name, shape in layout:
             if name:
-                tensors[name] = TensorRef(f"{name} in {path.name}", partial(_read_float32, path, position, shape))
+                tensors[name] = TensorRef(f"{name} in {path.name}", partial(_read_float32, path, position, shape),
+                                          shape)
             position += 4 * int(np.prod(shape))
     return Checkpoint(config, tensors, path.parent, "llama2c")
 
