@@ -252,6 +252,20 @@ def plot(args):
 
 # ---------------------------------------------------------------------------------------------------
 
+def _number(kind, low, high=None, exclusive=False):
+    "An argparse type: a finite `kind` at least `low` (above it if `exclusive`), below `high` if given."
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low or (exclusive and value == low) or (high is not None and value >= high):
+            bound = f"> {low}" if exclusive else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{f' and < {high}' if high is not None else ''}, got {text}")
+        return value
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llama_tf.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,37 +274,37 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("prepare", help="train the tokenizer and tokenize the splits (TensorFlow)")
     q.add_argument("--text", required=True, help="a UTF-8 text file")
     q.add_argument("--out", required=True, help="folder for tokenizer.model, {train,valid,heldout}.npy")
-    q.add_argument("--vocab-size", type=int, default=2048)
-    q.add_argument("--held-out", type=float, default=0.1, help="fraction at the end, never trained on")
-    q.add_argument("--valid", type=float, default=0.05, help="fraction of the rest used for validation")
-    q.add_argument("--bpe-dropout", type=float, default=0.1, help="merge dropout when sampling segmentations")
-    q.add_argument("--sampled-epochs", type=int, default=0,
+    q.add_argument("--vocab-size", type=_number(int, 1), default=2048)
+    q.add_argument("--held-out", type=_number(float, 0, 1), default=0.1, help="fraction at the end, never trained on")
+    q.add_argument("--valid", type=_number(float, 0, 1), default=0.05, help="fraction of the rest used for validation")
+    q.add_argument("--bpe-dropout", type=_number(float, 0, 1), default=0.1, help="merge dropout when sampling segmentations")
+    q.add_argument("--sampled-epochs", type=_number(int, 0), default=0,
                    help="write this many sampled segmentations of the training split (0: the plain one)")
     q.set_defaults(run=prepare)
 
     f = sub.add_parser("fit", help="train the model (any Keras backend)")
     f.add_argument("--data", required=True, help="a folder written by prepare")
     f.add_argument("--out", required=True, help="folder for the checkpoint, training.log, history.json")
-    f.add_argument("--dim", type=int, default=384)
-    f.add_argument("--n-layers", type=int, default=6)
-    f.add_argument("--n-heads", type=int, default=6)
-    f.add_argument("--n-kv-heads", type=int, help="key/value heads (default: --n-heads)")
-    f.add_argument("--hidden-dim", type=int, default=1024)
+    f.add_argument("--dim", type=_number(int, 1), default=384)
+    f.add_argument("--n-layers", type=_number(int, 1), default=6)
+    f.add_argument("--n-heads", type=_number(int, 1), default=6)
+    f.add_argument("--n-kv-heads", type=_number(int, 1), help="key/value heads (default: --n-heads)")
+    f.add_argument("--hidden-dim", type=_number(int, 1), default=1024)
     f.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True)
-    f.add_argument("--rope-theta", type=float, default=10000.0)
-    f.add_argument("--norm-eps", type=float, default=1e-5)
-    f.add_argument("--seq-len", type=int, default=256, help="training context, also the model's max_seq_len")
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--steps", type=int, default=3000)
-    f.add_argument("--eval-every", type=int, default=100)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--min-lr", type=float, default=1e-4)
-    f.add_argument("--warmup-steps", type=int, default=100)
-    f.add_argument("--weight-decay", type=float, default=0.1)
-    f.add_argument("--beta2", type=float, default=0.99)
-    f.add_argument("--clip-norm", type=float, default=1.0)
-    f.add_argument("--dropout", type=float, default=0.2)
-    f.add_argument("--ema", type=float, default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
+    f.add_argument("--rope-theta", type=_number(float, 0, exclusive=True), default=10000.0)
+    f.add_argument("--norm-eps", type=_number(float, 0, exclusive=True), default=1e-5)
+    f.add_argument("--seq-len", type=_number(int, 1), default=256, help="training context, also the model's max_seq_len")
+    f.add_argument("--batch-size", type=_number(int, 1), default=64)
+    f.add_argument("--steps", type=_number(int, 1), default=3000)
+    f.add_argument("--eval-every", type=_number(int, 1), default=100)
+    f.add_argument("--lr", type=_number(float, 0, exclusive=True), default=1e-3)
+    f.add_argument("--min-lr", type=_number(float, 0, exclusive=True), default=1e-4)
+    f.add_argument("--warmup-steps", type=_number(int, 0), default=100)
+    f.add_argument("--weight-decay", type=_number(float, 0, 1), default=0.1)
+    f.add_argument("--beta2", type=_number(float, 0, 1), default=0.99)
+    f.add_argument("--clip-norm", type=_number(float, 0, exclusive=True), default=1.0)
+    f.add_argument("--dropout", type=_number(float, 0, 1), default=0.2)
+    f.add_argument("--ema", type=_number(float, 0, 1), default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
     f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--verbose", type=int, default=1 if sys.stdout.isatty() else 2,
@@ -303,13 +317,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    "Runs a subcommand; a bad input (a missing file, a malformed one, an impossible setting) is one `error:` line."
     args = parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (OSError, ValueError) as e:   # FileNotFoundError, CheckpointError, TokenizerError, bad settings
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     from llama_tf.quiet import silence_native_logs
 
     silence_native_logs()
-    main()
+    sys.exit(main())

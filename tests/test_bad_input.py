@@ -331,3 +331,24 @@ def test_the_config_is_checked_against_the_files_before_anything_is_built(hf_dir
     with pytest.raises(llama_tf.CheckpointError, match=message):
         llama_tf.load(hf_dir)
     assert time.perf_counter() - begin < 30
+
+
+@pytest.mark.parametrize("args", [
+    ["fit", "--data", "/nonexistent", "--out", "OUT"],
+    ["prepare", "--text", "/nonexistent", "--out", "OUT"],
+    ["prepare", "--text", "README.md", "--out", "OUT", "--vocab-size", "-5"],
+    ["fit", "--data", "DATA", "--out", "OUT", "--lr", "nan"],
+    ["fit", "--data", "DATA", "--out", "OUT", "--dropout", "1.5"],
+])
+def test_train_command_line_errors_are_one_line(tmp_path, args):
+    "Before, every `train` error was a traceback."
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("DATA", str(tmp_path)) for a in args]
+    result = subprocess.run([sys.executable, "-m", "llama_tf.train", *args], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "error:" in result.stderr.strip().splitlines()[-1], result.stderr
