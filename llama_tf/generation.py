@@ -114,12 +114,12 @@ class Decoder:
             ids[row, start[row]:] = prompt
         slots = width + int(budget.max())                                   # prompts, then the new tokens
         # Prefill into an empty cache, which comes back holding the prompts' keys and values; only then
-        # does each layer's cache get room for the new tokens, one layer at a time. (Zeros of the full
+        # does each layer's cache get room for new tokens, one layer at a time. (Zeros of the full
         # length from the start would be alive twice during the prefill: the empty ones and the written.)
+        # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
+        # generated, not `max_new_tokens` or the context length.
         logits, cache = self.step(ids, new_cache(self.model, len(prompts), 0), tf.constant(0), start)
-        room = [(0, 0), (0, 0), (0, -(-slots // CACHE_BLOCK) * CACHE_BLOCK - width), (0, 0)]
-        for layer, (keys, values) in enumerate(cache):
-            cache[layer] = (tf.pad(keys, room), tf.pad(values, room))
+        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK))
         finished = budget == 0
         for step in range(int(budget.max())):
             next_ids = np.where(finished, -1, sampler(logits.numpy()))
@@ -127,8 +127,19 @@ class Decoder:
             finished |= np.isin(next_ids, stop_ids) | (step + 1 >= budget)
             if finished.all():
                 return
+            if width + step >= capacity:
+                capacity = _grow(cache, capacity, min(slots, 2 * capacity))
             fed = np.maximum(next_ids, 0)[:, None]                          # finished rows feed a dummy 0
             logits, cache = self.step(fed, cache, tf.constant(width + step), start)
+
+
+def _grow(cache: list, length: int, wanted: int) -> int:
+    "Pad every layer's keys and values (batch, kv_heads, length, head_dim) to `wanted` slots, in whole blocks."
+    target = -(-wanted // CACHE_BLOCK) * CACHE_BLOCK
+    room = [(0, 0), (0, 0), (0, target - length), (0, 0)]
+    for layer, (keys, values) in enumerate(cache):
+        cache[layer] = (tf.pad(keys, room), tf.pad(values, room))
+    return target
 
 
 class TextStream:

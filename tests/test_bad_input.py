@@ -352,3 +352,13 @@ def test_train_command_line_errors_are_one_line(tmp_path, args):
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "error:" in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_a_huge_token_budget_allocates_only_what_is_generated(hf_dir):
+    "Before, the key/value cache was allocated for max_new_tokens at once: 10⁹ tokens ran out of memory."
+    from llama_tf.generation import Sampler
+
+    llm = llama_tf.load(hf_dir, max_seq_len=10**9)
+    steps = llm.decoder([[1, 5, 7]], 10**9, Sampler(), stop_ids=())
+    generated = [int(ids[0]) for _, ids in zip(range(300), steps)]    # past the first growth of the cache
+    assert generated == llm.generate_ids([1, 5, 7], 300, stop_ids=())
