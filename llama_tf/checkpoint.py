@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -525,17 +526,22 @@ def hf_config(config: LlamaConfig, dtype: str = "float32") -> dict:
 
 
 SHARD_BYTES = 5 * 10**9   # transformers' default max_shard_size, "5GB"
-_HF_WEIGHT_FILES = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
+# Files that make up a checkpoint: replaced together. Anything else in the folder (logs, plots) is kept.
+_CHECKPOINT_FILE = re.compile(r"config\.json|params\.json|generation_config\.json|.*\.safetensors|"
+                              r"model\.safetensors\.index\.json|consolidated\.\d+\.pth|tokenizer\.(model|json|bin)|"
+                              r"tokenizer_config\.json|special_tokens_map\.json")
 
 
 def write_hf(directory: str | Path, config: LlamaConfig, tensors: Mapping[str, Callable[[], np.ndarray]],
              dtype: str = "float32", files: Mapping[str, bytes] | None = None) -> Path:
     """Hugging Face's layout from tensors under Meta's names (loaders of arrays in Meta's orientation and
     RoPE order): `config.json`, `model.safetensors` or 5 GB shards with their index, and `files` (the
-    tokenizer). Tensors are loaded one shard at a time. Every file is written under a temporary name and
-    renamed into place only when all are complete; weight files of an earlier checkpoint in the folder
-    that the new one does not overwrite (an index, other shards) are removed first, so that they can
-    never be read together with the new files."""
+    tokenizer). Tensors are loaded one shard at a time.
+
+    Atomic as a whole: everything is written into a new folder beside `directory`, which then takes its
+    place in one step (an atomic exchange on Linux), so a kill at any moment leaves the old checkpoint
+    or the new one, never a mix, and never an old index beside new weights. Files in `directory` that
+    are not part of a checkpoint (a training log, plots) are carried over."""
     import ml_dtypes
     from safetensors.numpy import save_file
 
@@ -543,58 +549,93 @@ def write_hf(directory: str | Path, config: LlamaConfig, tensors: Mapping[str, C
     if np_dtype is None:
         raise ValueError(f"dtype {dtype!r}: Hugging Face checkpoints are written in float32, float16 or bfloat16")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tag = f".partial-{os.getpid()}"
-    written: list[Path] = []         # temporary files, in shard order
-    shard_names: list[list[str]] = []
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} exists and is not a folder")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    stage = directory.parent / f".{directory.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
     try:
-        shard, size = {}, 0
-
-        def flush():
-            path = directory / f".shard{len(written)}{tag}"
-            save_file(shard, path, metadata={"format": "pt"})
-            written.append(path)
-            shard_names.append(list(shard))
-            shard.clear()
-
+        shards, shard, size = [], {}, 0
         for name, load in tensors.items():
             w = load()
             if heads := _rope_heads(name, config):
                 w = permute_rope_rows(w, heads)
             w = np.ascontiguousarray(w.astype(np_dtype))
             if shard and size + w.nbytes > SHARD_BYTES:
-                flush()
-                size = 0
+                save_file(shard, stage / f"shard-{len(shards)}", metadata={"format": "pt"})
+                shards.append(list(shard))
+                shard, size = {}, 0
             shard[_meta_to_hf_name(name)], size = w, size + w.nbytes
-        flush()
-        n = len(written)
-        final = ["model.safetensors"] if n == 1 else [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
-        others = {"config.json": (json.dumps(hf_config(config, dtype), indent=2) + "\n").encode(), **(files or {})}
+        save_file(shard, stage / f"shard-{len(shards)}", metadata={"format": "pt"})
+        shards.append(list(shard))
+        del shard
+        n = len(shards)
+        names = ["model.safetensors"] if n == 1 else [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+        for k, name in enumerate(names):
+            (stage / f"shard-{k}").rename(stage / name)
         if n > 1:
-            weight_map = {name: file for file, names in zip(final, shard_names) for name in names}
-            total = sum(p.stat().st_size for p in written)
-            others["model.safetensors.index.json"] = json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
-        for name, data in others.items():
-            path = directory / f".{name}{tag}"
-            path.write_bytes(data)
-            written.append(path)
-            final.append(name)
-        for stale in directory.iterdir():
-            if _HF_WEIGHT_FILES.fullmatch(stale.name) and stale.name not in final:
-                stale.unlink()
-        for path, name in zip(written, final):
-            os.replace(path, directory / name)
+            weight_map = {tensor: file for file, held in zip(names, shards) for tensor in held}
+            total = sum((stage / name).stat().st_size for name in names)
+            (stage / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (stage / "config.json").write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
+        for name, data in (files or {}).items():
+            (stage / name).write_bytes(data)
+        if directory.is_dir():
+            for other in directory.iterdir():
+                if not _CHECKPOINT_FILE.fullmatch(other.name) and not (stage / other.name).exists():
+                    if other.is_dir():
+                        shutil.copytree(other, stage / other.name, copy_function=_link_or_copy)
+                    else:
+                        _link_or_copy(other, stage / other.name)
+        _put_in_place(stage, directory)
     finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
     return directory
+
+
+def _link_or_copy(source, target) -> None:
+    "A hard link (the same file: a log still being appended to stays one file), else a copy."
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _put_in_place(stage: Path, directory: Path) -> None:
+    "`stage` becomes `directory` in one step; the old folder, if any, is removed afterwards."
+    if not directory.exists():
+        os.rename(stage, directory)
+        return
+    if _exchange(stage, directory):        # now `stage` holds the old checkpoint
+        shutil.rmtree(stage)
+        return
+    old = directory.parent / f".{directory.name}.old-{os.getpid()}"   # no atomic exchange: two renames
+    os.rename(directory, old)
+    os.rename(stage, directory)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two folders atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is not available."
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",
                        tokenizer_model: bytes | None = None) -> Path:
     """Write `model` as `config.json` + `model.safetensors` (+ `tokenizer.model`), readable by
-    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained` (see `write_hf`)."""
+    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained`; atomic as a whole, other
+    files in the folder kept (see `write_hf`)."""
     state = model_state(model, config)
     files = {"tokenizer.model": tokenizer_model} if tokenizer_model is not None else {}
     return write_hf(directory, config, {name: (lambda w=w: w) for name, w in state.items()}, dtype, files)

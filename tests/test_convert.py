@@ -85,3 +85,45 @@ def test_bad_conversions(hf_dir, tmp_path):
     result = run_cli("convert", tmp_path / "missing", tmp_path / "y.gguf")
     assert result.returncode == 1 and result.stderr.startswith("error: checkpoint not found")
     assert "Traceback" not in result.stderr and not (tmp_path / "y.gguf").exists()
+
+
+def test_an_interrupted_write_leaves_the_old_checkpoint(hf_dir, tmp_path):
+    ids = np.random.default_rng(2).integers(3, 384, size=(1, 12))
+    target = convert(hf_dir, tmp_path / "out")
+    (target / "training.log").write_text("step 100\n")
+    before = np.asarray(llama_tf.load(target).model(ids))
+    checkpoint = checkpoint_module.read_checkpoint(hf_dir)
+
+    def failing():
+        raise OSError("disk full")
+
+    tensors = {name: ref.load for name, ref in checkpoint.tensors.items()}
+    tensors["layers.1.feed_forward.w2.weight"] = failing
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint_module.write_hf(target, checkpoint.config, tensors)
+    assert max_relative_error(np.asarray(llama_tf.load(target).model(ids)), before) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]               # no staging folder left
+    convert(hf_dir, target, dtype="bfloat16")                                  # a complete write...
+    assert (target / "training.log").read_text() == "step 100\n"               # ...keeps the other files
+
+
+def test_a_kill_at_any_moment_leaves_the_old_or_the_new_checkpoint(hf_dir, tmp_path, tiny_tokenizer_proto):
+    "SIGKILL a process writing checkpoint B over A at several moments: what loads is A or B, never a mix."
+    import signal
+    import time
+
+    ids = np.random.default_rng(3).integers(3, 384, size=(1, 12))
+    a = convert(hf_dir, tmp_path / "a")
+    b = write_hf(hf_model(seed=9, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                          num_key_value_heads=2), tmp_path / "b", tiny_tokenizer_proto)
+    logits = {name: np.asarray(llama_tf.load(path).model(ids)) for name, path in (("a", a), ("b", b))}
+    script = (f"from llama_tf.convert import convert\nwhile True:\n    convert({str(b)!r}, {str(a)!r})\n"
+              f"    convert({str(hf_dir)!r}, {str(a)!r})\n")
+    for delay in (0.5, 2.0, 2.3, 2.6, 3.1):
+        process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        now = np.asarray(llama_tf.load(a).model(ids))
+        assert any(np.array_equal(now, v) for v in logits.values()), delay
