@@ -123,10 +123,10 @@ def test_interrupted_save_leaves_no_files(case, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save", fail)
+    monkeypatch.setattr(safetensors.numpy, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []          # neither the folder nor its staging copy
 
 
 def test_attention_maps_match_transformers(case, token_ids):
