@@ -48,6 +48,9 @@ def _windows(n: int, context: int, stride: int):
         scored = end
 
 
+LOGITS_BYTES = 1 << 30
+
+
 def score_ids(model, ids, bos_id: int, context: int, stride: int | None = None, batch_size: int = 16) -> float:
     """Total NLL (nats) of token `ids` (1-D, no BOS) under `model` (ids -> logits), BOS-first windows."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -59,20 +62,24 @@ def score_ids(model, ids, bos_id: int, context: int, stride: int | None = None, 
     if not 0 < stride < context:
         raise ValueError(f"stride must be between 1 and context - 1 = {context - 1}, got {stride}")
     windows = list(_windows(len(ids), context, stride))
+    # Rows per forward pass: at most `batch_size`, and few enough that their float32 logits stay within
+    # LOGITS_BYTES (a 2048-token window of a 128k vocabulary is 1 GiB alone). `model` may be any function.
+    vocab = getattr(model, "output_shape", (None,))[-1]
+    rows = batch_size if vocab is None else max(1, min(batch_size, LOGITS_BYTES // (4 * vocab * min(context, len(ids) + 1))))
     total = 0.0
-    for b in range(0, len(windows), batch_size):
-        batch = windows[b : b + batch_size]
+    for b in range(0, len(windows), rows):
+        batch = windows[b : b + rows]
         width = max(end - start for start, end, _ in batch)
         inputs = np.zeros((len(batch), width), dtype=np.int32)   # padding after the text: causal, so inert
         for row, (start, end, _) in enumerate(batch):
             inputs[row, : end - start] = np.concatenate([[bos_id], ids[start : end - 1]])
-        logits = np.asarray(model(inputs, training=False), dtype=np.float64)   # (batch, width, vocab)
-        peak = logits.max(axis=-1, keepdims=True)
-        log_z = (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)))[..., 0]
+        logits = np.asarray(model(inputs, training=False))        # (batch, width, vocab) float32
         for row, (start, end, scored) in enumerate(batch):
             positions = np.arange(scored - start, end - start)
-            targets = ids[start + positions]
-            total += float(np.sum(log_z[row, positions] - logits[row, positions, targets]))
+            scores = np.asarray(logits[row, positions], dtype=np.float64)       # one row in float64 at a time
+            peak = scores.max(axis=-1, keepdims=True)
+            log_z = (peak + np.log(np.exp(scores - peak).sum(axis=-1, keepdims=True)))[:, 0]
+            total += float(np.sum(log_z - scores[np.arange(len(positions)), ids[start + positions]]))
     return total
 
 

@@ -362,3 +362,27 @@ def test_a_huge_token_budget_allocates_only_what_is_generated(hf_dir):
     steps = llm.decoder([[1, 5, 7]], 10**9, Sampler(), stop_ids=())
     generated = [int(ids[0]) for _, ids in zip(range(300), steps)]    # past the first growth of the cache
     assert generated == llm.generate_ids([1, 5, 7], 300, stop_ids=())
+
+
+def test_evaluate_bounds_the_logits_it_holds(hf_dir, monkeypatch):
+    "Rows per forward pass shrink so that their logits fit LOGITS_BYTES; the score does not change."
+    import dataclasses
+
+    from llama_tf import evaluation
+
+    llm = llama_tf.load(hf_dir)
+    text = "Beautiful is better than ugly. Explicit is better than implicit. " * 20
+    whole = llama_tf.evaluate(llm, text, context=32)
+    batches = []
+
+    class Spy:
+        output_shape = llm.model.output_shape
+
+        def __call__(self, inputs, training=False):
+            batches.append(len(inputs))
+            return llm.model(inputs, training=training)
+
+    monkeypatch.setattr(evaluation, "LOGITS_BYTES", 2 * 4 * 384 * 32)     # two 32-token rows
+    bounded = llama_tf.evaluate(dataclasses.replace(llm, model=Spy()), text, context=32)
+    assert max(batches) == 2 and len(batches) > 3
+    assert bounded.nll == pytest.approx(whole.nll, rel=1e-9)
