@@ -102,7 +102,7 @@ def _read_json(file: Path) -> dict:
 def _config(make: Callable[[], LlamaConfig], file: Path) -> LlamaConfig:
     try:
         return make()
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:   # ArithmeticError: overflow, division by 0
         raise CheckpointError(f"{file}: {e if not isinstance(e, KeyError) else f'missing key {e}'}") from None
 
 

@@ -79,6 +79,12 @@ class LlamaConfig:
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.hidden_dim is None:
+            if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or self.multiple_of <= 0:
+                raise ValueError(f"LlamaConfig.multiple_of must be a positive integer, got {self.multiple_of!r}")
+            if self.ffn_dim_multiplier is not None and (
+                    isinstance(self.ffn_dim_multiplier, bool) or not isinstance(self.ffn_dim_multiplier, (int, float))
+                    or not 0 < self.ffn_dim_multiplier < 1e6):
+                raise ValueError(f"LlamaConfig.ffn_dim_multiplier must be a positive number, got {self.ffn_dim_multiplier!r}")
             object.__setattr__(
                 self, "hidden_dim", ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
             )
@@ -152,6 +158,8 @@ class LlamaConfig:
                 raise ValueError(f"config.json: {key} must be an integer, got {value!r}")
         # transformers >= 5 nests rope settings in `rope_parameters`; older versions use top-level keys.
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"config.json: rope_parameters / rope_scaling must be an object, got {rope!r:.60}")
         for flag in ("attention_bias", "mlp_bias"):
             if cfg.get(flag):
                 raise ValueError(f"config.json sets {flag}=true; LLaMA projections have no biases")
