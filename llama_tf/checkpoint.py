@@ -150,13 +150,23 @@ def _rope_heads(name: str, config: LlamaConfig) -> int | None:
     return None
 
 
+_SAFETENSORS_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
 def _safetensors_keys(file: Path) -> dict[str, tuple]:
-    "Tensor names and shapes in a safetensors file, from its header."
+    "Tensor names and shapes in a safetensors file, from its header; a dtype llama_tf cannot read is refused by name."
     from safetensors import safe_open
 
     try:
         with safe_open(file, framework="numpy") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            for name, part in slices.items():
+                if part.get_dtype() not in _SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"{file}: tensor {name} is stored as {part.get_dtype()}; llama_tf reads "
+                                          f"{', '.join(_SAFETENSORS_DTYPES)}")
+            return {name: tuple(part.get_shape()) for name, part in slices.items()}
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own SafetensorError, or OSError
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 

@@ -386,3 +386,16 @@ def test_evaluate_bounds_the_logits_it_holds(hf_dir, monkeypatch):
     bounded = llama_tf.evaluate(dataclasses.replace(llm, model=Spy()), text, context=32)
     assert max(batches) == 2 and len(batches) > 3
     assert bounded.nll == pytest.approx(whole.nll, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "int8"])
+def test_tensor_types_llama_tf_cannot_read_are_named(hf_dir, dtype):
+    torch = require("torch")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(hf_dir / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].to(getattr(torch, dtype))
+    save_file(tensors, hf_dir / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model.layers.0.mlp.up_proj.weight is stored as (F8_E4M3|F8_E5M2|I8); "
+                                              r"llama_tf reads F32, F16, BF16, F64"):
+        llama_tf.load(hf_dir)
