@@ -287,6 +287,11 @@ def _read_meta(path: Path, directory: Path) -> Checkpoint:
             continue
         parts = [state[name] for state in states]
         axis = _shard_axis(name, tuple(parts[0].shape), dim) if len(parts) > 1 else None
+        for shard, part in zip(shards[1:], parts[1:]):
+            same = [n for k, n in enumerate(part.shape) if k != axis]
+            if len(part.shape) != len(parts[0].shape) or same != [n for k, n in enumerate(parts[0].shape) if k != axis]:
+                raise CheckpointError(f"{shard}: {name} has shape {tuple(part.shape)}, which does not fit "
+                                      f"{shards[0].name}'s {tuple(parts[0].shape)} (split along axis {axis})")
         source = f"{name} in {shards[0].name}" + (f" … {shards[-1].name}" if len(shards) > 1 else "")
         shape = list(parts[0].shape)
         if axis is not None:

@@ -399,3 +399,14 @@ def test_tensor_types_llama_tf_cannot_read_are_named(hf_dir, dtype):
     with pytest.raises(CheckpointError, match=r"model.layers.0.mlp.up_proj.weight is stored as (F8_E4M3|F8_E5M2|I8); "
                                               r"llama_tf reads F32, F16, BF16, F64"):
         llama_tf.load(hf_dir)
+
+
+def test_meta_shards_whose_split_sizes_disagree(model, tmp_path, tiny_tokenizer_proto):
+    torch = require("torch")
+    directory = write_meta(model, tmp_path / "meta", tiny_tokenizer_proto, n_shards=2)
+    state = torch.load(directory / "consolidated.01.pth", weights_only=True)
+    state["layers.0.attention.wo.weight"] = state["layers.0.attention.wo.weight"][:-1]   # a row short
+    torch.save(state, directory / "consolidated.01.pth")
+    with pytest.raises(CheckpointError, match=r"consolidated.01.pth: layers.0.attention.wo.weight has shape .* "
+                                              r"does not fit consolidated.00.pth's"):
+        llama_tf.load(directory)
