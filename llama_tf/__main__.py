@@ -99,6 +99,9 @@ def main(argv=None) -> int:
 
 def chat(llm, args) -> int:
     "The interactive conversation of `python -m llama_tf chat`: one line in, one streamed reply out."
+    from llama_tf.generation import Sampler
+
+    Sampler(args.temperature, 0, args.top_p, args.seed)      # bad sampling settings fail now, not at the first reply
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
     system = [{"role": "system", "content": args.system}] if args.system else []
