@@ -335,6 +335,15 @@ def validate(checkpoint: Checkpoint) -> None:
         raise CheckpointError(f"{checkpoint.directory}: the configuration says {config.n_layers} layers, the "
                               f"files hold {len(layers)}")
     expected = tensor_shapes(config)
+    _check_names(expected, tensors)
+    for name, shape in expected.items():
+        ref = tensors[name]
+        if ref.shape is not None and tuple(ref.shape) != shape:
+            raise _shape_error(name, ref, tuple(ref.shape), shape, config)
+
+
+def _check_names(expected: Mapping, tensors: Mapping[str, TensorRef]) -> None:
+    "Every tensor in `expected` is in `tensors`, and no other."
     missing = [name for name in expected if name not in tensors]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -342,13 +351,13 @@ def validate(checkpoint: Checkpoint) -> None:
     unused = sorted(set(tensors) - set(expected))
     if unused:
         raise CheckpointError(f"checkpoint has tensors a model with this config does not use: {unused[:3]}")
-    for name, shape in expected.items():
-        ref = tensors[name]
-        if ref.shape is not None and tuple(ref.shape) != shape:
-            raise CheckpointError(
-                f"tensor {name!r} ({ref.source}) has shape {tuple(ref.shape)}, but the config "
-                f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
-                f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {shape}")
+
+
+def _shape_error(name: str, ref: TensorRef, shape: tuple, expected: tuple, config: LlamaConfig) -> CheckpointError:
+    return CheckpointError(
+        f"tensor {name!r} ({ref.source}) has shape {shape}, but the config "
+        f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
+        f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}")
 
 
 def model_variables(model, config: LlamaConfig) -> dict:
@@ -427,24 +436,14 @@ def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef
     """Meta tensor name -> (Keras variable, a function reading the tensor in the variable's orientation).
     Every tensor the model needs must be present, and no other; each shape is checked when it is read."""
     table = model_variables(model, config)
-    missing = [name for name in table if name not in tensors]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"checkpoint has no tensor {missing[0]!r}{more}")
-    unused = sorted(set(tensors) - set(table))
-    if unused:
-        raise CheckpointError(f"checkpoint has tensors a model with this config does not use: {unused[:3]}")
+    _check_names(table, tensors)
 
     def load(name, variable, transposed):
         ref = tensors[name]
         array = ref.load()
         expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
         if tuple(array.shape) != expected:
-            raise CheckpointError(
-                f"tensor {name!r} ({ref.source}) has shape {tuple(array.shape)}, but the config "
-                f"(dim={config.dim}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
-                f"hidden_dim={config.hidden_dim}, vocab_size={config.vocab_size}) expects {expected}"
-            )
+            raise _shape_error(name, ref, tuple(array.shape), expected, config)
         if _has_non_finite(array):
             raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
         # The NumPy array goes as soon as the tensor holds its data; a cast to another precision happens

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_tf.tokenizer import Tokenizer, TokenizerError
+from llama_tf.tokenizer import Tokenizer, TokenizerError, read_model
 
 __all__ = ["HFTokenizer"]
 
@@ -23,13 +23,7 @@ class HFTokenizer(Tokenizer):
     def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False):
         import tokenizers
 
-        if isinstance(model, (bytes, bytearray)):
-            data, name = bytes(model), "tokenizer.json"
-        else:
-            path = Path(model)
-            if not path.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-            data, name = path.read_bytes(), str(path)
+        data, name = read_model(model, "tokenizer.json")
         try:
             self._tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:   # UnicodeDecodeError, or the library's plain Exception for bad JSON

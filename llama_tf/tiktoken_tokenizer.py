@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
-from llama_tf.tokenizer import Tokenizer, TokenizerError
+from llama_tf.tokenizer import Tokenizer, TokenizerError, read_model
 
 __all__ = ["TiktokenTokenizer", "LLAMA3_PATTERN", "LLAMA3_SPECIAL_TOKENS", "looks_like_ranks", "bytes_to_unicode"]
 
@@ -86,13 +86,7 @@ class TiktokenTokenizer(Tokenizer):
     def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False):
         import tiktoken
 
-        if isinstance(model, (bytes, bytearray)):
-            data, name = bytes(model), "tokenizer.model"
-        else:
-            path = Path(model)
-            if not path.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-            data, name = path.read_bytes(), str(path)
+        data, name = read_model(model, "tokenizer.model")
         ranks = read_ranks(data, name)
         self._data = data
         self._specials = {token: len(ranks) + i for i, token in enumerate(LLAMA3_SPECIAL_TOKENS)}

@@ -199,6 +199,16 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
 
+def read_model(model: str | Path | bytes, default_name: str) -> tuple[bytes, str]:
+    "A tokenizer file's bytes and a name for error messages, from its path or from the bytes themselves."
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model), default_name
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    return path.read_bytes(), str(path)
+
+
 def _text(value) -> str:
     "A `tf.string` element (bytes) as text; bytes that are not UTF-8 become U+FFFD, as tiktoken does."
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
