@@ -245,7 +245,7 @@ def make_hf_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llama_tf.checkpoint import hf_config
+    from llama_tf.formats.hf import hf_config
     from llama_tf.config import LlamaConfig as Config
 
     torch.manual_seed(0)
@@ -267,7 +267,7 @@ def make_sharded_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from llama_tf.checkpoint import hf_config
+    from llama_tf.formats.hf import hf_config
     from llama_tf.config import LlamaConfig as Config
 
     config = Config(**SHAPES[shape])
@@ -323,7 +323,7 @@ def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     rows in Meta's layout, norms in float32, matrices in `dtype`, Llama 3's rescaling as `rope_freqs`,
     the vocabulary of `tokenizer` (LLaMA's SentencePiece model, or Llama 3's tokenizer.json)."""
     import llama_tf
-    from llama_tf.checkpoint import read_checkpoint
+    from llama_tf.formats import read_checkpoint
     from llama_tf.formats.gguf import write_gguf
 
     checkpoint = read_checkpoint(model_dir)

@@ -5,17 +5,21 @@ Modules:
 - `llama_tf.assets`: Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
 - `llama_tf.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.
 - `llama_tf.chat`: Chat formats: a conversation, `[{"role": ..., "content": ...}, ...]`, as the token ids a chat model was tuned on.
-- `llama_tf.checkpoint`: Reading LLaMA checkpoints into a model built by `build_llama`.
 - `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
 - `llama_tf.convert`: `convert`: any checkpoint llama_tf reads, written as Hugging Face safetensors or as a GGUF file.
 - `llama_tf.embedded_tokenizers`: Tokenizers stored in other projects' files, run as the package's kinds: a GGUF file's vocabulary and llama2.c's `tokenizer.bin`. `Tokenizer("model.gguf")` and `Tokenizer("tokenizer.bin")` work alone.
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
 - `llama_tf.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.
+- `llama_tf.formats.base`: The one form every checkpoint format is read into, and the checks on it.
 - `llama_tf.formats.gguf`: GGUF, llama.cpp's format: a `llama`-architecture file read into a `Checkpoint` through the `gguf` package.
+- `llama_tf.formats.hf`: Hugging Face's layout: `config.json` + `model.safetensors`, or `model-0000X-of-0000Y.safetensors` shards with `model.safetensors.index.json`, read into a `Checkpoint` and written back from one.
 - `llama_tf.formats.llama2c`: llama2.c's `.bin` checkpoints (Karpathy's `export.py`): the TinyStories models and anything exported with it.
+- `llama_tf.formats.meta`: Meta's layout: `params.json` + `consolidated.00.pth` … `consolidated.NN.pth` (model-parallel shards), read into a `Checkpoint`.
+- `llama_tf.formats.staging`: Writing a checkpoint folder atomically as a whole.
 - `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
 - `llama_tf.hf_tokenizer`: A Hugging Face `tokenizer.json` (what most downloads carry) through the `tokenizers` library.
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
+- `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
 - `llama_tf.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
@@ -44,7 +48,7 @@ _EXPORTS = {
     "TransformerBlock": "transformer_block",
     "TokenEmbedding": "model", "build_llama": "model",
     "LlamaConfig": "config",
-    "CheckpointError": "checkpoint",
+    "CheckpointError": "formats", "read_checkpoint": "formats",
     "LLM": "llm", "load": "llm", "DEFAULT_WEIGHTS": "llm",
     "evaluate": "evaluation",
 }

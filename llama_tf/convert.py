@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_tf.checkpoint import read_checkpoint, write_hf
+from llama_tf.formats import read_checkpoint
+from llama_tf.formats.hf import write_hf
 from llama_tf.llm import open_tokenizer
 
 __all__ = ["convert", "FORMATS", "DTYPES"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from llama_tf.checkpoint import CheckpointError, build_model, read_checkpoint
+from llama_tf.formats import CheckpointError, read_checkpoint
+from llama_tf.loading import build_model
 from llama_tf.config import LlamaConfig
 from llama_tf.generation import Decoder, Sampler, TextStream
 from llama_tf.tokenizer import Tokenizer

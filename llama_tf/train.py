@@ -145,7 +145,7 @@ class Log:
 def fit(args):
     import keras
 
-    from llama_tf.checkpoint import save_hf_checkpoint
+    from llama_tf.loading import save_hf_checkpoint
     from llama_tf.config import LlamaConfig
     from llama_tf.evaluation import Evaluation, score_ids
     from llama_tf.model import build_llama
@@ -210,7 +210,8 @@ def fit(args):
     log(f"training took {time.time() - saver.start:.0f} s; best val_loss {saver.best:.4f}")
 
     # The held-out split, scored once at the end with the saved (best, stored-precision) weights.
-    from llama_tf.checkpoint import build_model, read_checkpoint
+    from llama_tf.formats import read_checkpoint
+    from llama_tf.loading import build_model
 
     final = build_model(read_checkpoint(out))
     result = Evaluation(score_ids(final, ids["heldout"], BOS_ID, args.seq_len), len(ids["heldout"]),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import llama_tf
-from llama_tf import checkpoint as checkpoint_module
+from llama_tf.formats import hf as hf_format, read_checkpoint
 from llama_tf.convert import convert
 from conftest import ROOT, require
 from reference import hf_model, max_relative_error, write_hf
@@ -62,12 +62,12 @@ def test_round_trips_keep_the_logits(hf_dir, tmp_path):
 
 def test_writing_over_a_sharded_checkpoint_leaves_only_the_new_one(hf_dir, tmp_path, monkeypatch):
     ids = np.random.default_rng(1).integers(3, 384, size=(1, 12))
-    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 100_000)     # shards of ~100 kB
+    monkeypatch.setattr(hf_format, "SHARD_BYTES", 100_000)     # shards of ~100 kB
     sharded = convert(hf_dir, tmp_path / "out")
     assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("model-*"))) > 2
     assert max_relative_error(np.asarray(llama_tf.load(sharded).model(ids)),
                               np.asarray(llama_tf.load(hf_dir).model(ids))) <= 1e-6
-    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 10**12)
+    monkeypatch.setattr(hf_format, "SHARD_BYTES", 10**12)
     other = write_hf(hf_model(seed=5, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                               num_key_value_heads=2), tmp_path / "other", (hf_dir / "tokenizer.model").read_bytes())
     convert(other, tmp_path / "out")
@@ -92,7 +92,7 @@ def test_an_interrupted_write_leaves_the_old_checkpoint(hf_dir, tmp_path):
     target = convert(hf_dir, tmp_path / "out")
     (target / "training.log").write_text("step 100\n")
     before = np.asarray(llama_tf.load(target).model(ids))
-    checkpoint = checkpoint_module.read_checkpoint(hf_dir)
+    checkpoint = read_checkpoint(hf_dir)
 
     def failing():
         raise OSError("disk full")
@@ -100,7 +100,7 @@ def test_an_interrupted_write_leaves_the_old_checkpoint(hf_dir, tmp_path):
     tensors = {name: ref.load for name, ref in checkpoint.tensors.items()}
     tensors["layers.1.feed_forward.w2.weight"] = failing
     with pytest.raises(OSError, match="disk full"):
-        checkpoint_module.write_hf(target, checkpoint.config, tensors)
+        hf_format.write_hf(target, checkpoint.config, tensors)
     assert max_relative_error(np.asarray(llama_tf.load(target).model(ids)), before) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]               # no staging folder left
     convert(hf_dir, target, dtype="bfloat16")                                  # a complete write...
@@ -127,3 +127,21 @@ def test_a_kill_at_any_moment_leaves_the_old_or_the_new_checkpoint(hf_dir, tmp_p
         process.wait()
         now = np.asarray(llama_tf.load(a).model(ids))
         assert any(np.array_equal(now, v) for v in logits.values()), delay
+    convert(hf_dir, a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]   # the killed writers' stages: gone
+
+
+def test_the_leftovers_of_a_killed_writer_are_cleared_by_the_next_write(hf_dir, tmp_path):
+    "A stage is removed; an old checkpoint caught between two renames (no atomic exchange) is put back first."
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (tmp_path / f".out.partial-{dead}").mkdir()
+    (tmp_path / f".out.partial-{dead}" / "model.safetensors").write_bytes(b"half a shard")
+    old = convert(hf_dir, tmp_path / f".out.old-{dead}")
+    (old / "training.log").write_text("step 100\n")
+    running = tmp_path / f".out.partial-{os.getpid()}-other"   # not a stage name: left alone
+    running.mkdir()
+    convert(hf_dir, tmp_path / "out", dtype="bfloat16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out"]
+    assert (tmp_path / "out" / "training.log").read_text() == "step 100\n"
+    assert llama_tf.load(tmp_path / "out").config.vocab_size == llama_tf.load(hf_dir).config.vocab_size

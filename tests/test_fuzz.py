@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from llama_tf.checkpoint import read_checkpoint, validate
+from llama_tf.formats import read_checkpoint, validate
 from conftest import require
 from reference import hf_model, write_hf, write_meta
 

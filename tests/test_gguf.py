@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import llama_tf
-from llama_tf.checkpoint import CheckpointError, read_checkpoint
+from llama_tf.formats import CheckpointError, read_checkpoint
 from conftest import require
 from reference import hf_logits, hf_model, max_relative_error, write_hf
 

@@ -6,7 +6,7 @@ import pytest
 
 import keras
 import llama_tf
-from llama_tf.checkpoint import unpermute_rope_rows
+from llama_tf.formats.hf import unpermute_rope_rows
 from conftest import require
 from reference import max_relative_error
 

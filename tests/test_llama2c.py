@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import llama_tf
-from llama_tf.checkpoint import CheckpointError, read_checkpoint
+from llama_tf.formats import CheckpointError, read_checkpoint
 from reference import hf_logits, hf_model, max_relative_error, write_hf, write_llama2c, write_llama2c_tokenizer
 
 SHAPE = dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2, vocab_size=384,

@@ -5,7 +5,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from llama_tf.checkpoint import backend_tensor, build_model, read_checkpoint
+from llama_tf.formats import read_checkpoint
+from llama_tf.loading import backend_tensor, build_model
 from reference import hf_model, write_hf
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import llama_tf
-import llama_tf.checkpoint
+import llama_tf.loading
 from conftest import require
 from reference import half_copy, hf_logits, hf_model, max_relative_error, stored_dtypes, write_hf, write_meta
 
@@ -104,7 +104,7 @@ def test_written_checkpoint_loads_in_transformers(case, token_ids, tmp_path, dty
     torch = require("torch")
     _, _, directory = case
     llm = llama_tf.load(directory)
-    written = llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written", dtype=dtype,
+    written = llama_tf.loading.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written", dtype=dtype,
                                                      tokenizer_model=llm.tokenizer.model_proto)
     reference = transformers.LlamaForCausalLM.from_pretrained(written, dtype=torch.float32).eval()
     tolerance = TOLERANCE if dtype == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
@@ -125,7 +125,7 @@ def test_interrupted_save_leaves_no_files(case, tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.numpy, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
-        llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "out")
+        llama_tf.loading.save_hf_checkpoint(llm.model, llm.config, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []          # neither the folder nor its staging copy
 
 

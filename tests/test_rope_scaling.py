@@ -80,7 +80,7 @@ def test_written_checkpoints_keep_the_scaling(case, token_ids, tmp_path):
     transformers = require("transformers")
     scaling, model, directory = case
     llm = llama_tf.load(directory)
-    out = llama_tf.checkpoint.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written")
+    out = llama_tf.loading.save_hf_checkpoint(llm.model, llm.config, tmp_path / "written")
     reloaded = transformers.LlamaForCausalLM.from_pretrained(out).eval()
     assert llama_tf.load(out, tokenizer=llm.tokenizer).config.rope_scaling == scaling
     assert max_relative_error(llm.model(token_ids), hf_logits(reloaded, token_ids)) <= TOLERANCE

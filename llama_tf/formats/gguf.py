@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_tf.checkpoint import Checkpoint, CheckpointError, TensorRef, tensor_shapes
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, tensor_shapes
 from llama_tf.config import LlamaConfig
 
 __all__ = ["read_gguf", "SUPPORTED_TYPES"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_tf.checkpoint import Checkpoint, CheckpointError, TensorRef
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef
 from llama_tf.config import LlamaConfig
 
 __all__ = ["read_llama2c", "looks_like_llama2c", "llama2c_tokenizer_proto", "MAGIC"]

@@ -1,0 +1,185 @@
+"""Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`,
+and a model's weights back out under Meta's names.
+
+`build_model` builds the model without random initialisation and initialises each variable straight
+from its checkpoint tensor, largest first; `assign_weights` copies tensors into a model that exists;
+`model_state` / `save_hf_checkpoint` go the other way. Every tensor's shape is checked, and NaN or
+infinite values are reported, as it is read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from llama_tf.config import LlamaConfig
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
+from llama_tf.formats.hf import write_hf
+
+__all__ = ["build_model", "assign_weights", "model_variables", "model_state", "backend_tensor",
+           "save_hf_checkpoint"]
+
+
+def model_variables(model, config: LlamaConfig) -> dict:
+    """Meta tensor name -> (Keras variable, whether the file stores it transposed).
+    A Keras `Dense` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`."""
+    table = {"tok_embeddings.weight": (model.get_layer("tok_embeddings").embeddings, False),
+             "norm.weight": (model.get_layer("norm").weight, False)}
+    if not config.tie_embeddings:
+        table["output.weight"] = (model.get_layer("output").kernel, True)
+    for i in range(config.n_layers):
+        block = model.get_layer(f"layers.{i}")
+        for sub, owner in (("attention", block.attention), ("feed_forward", block.feed_forward)):
+            for proj in ("wq", "wk", "wv", "wo") if sub == "attention" else ("w1", "w2", "w3"):
+                table[f"layers.{i}.{sub}.{proj}.weight"] = (getattr(owner, proj).kernel, True)
+        table[f"layers.{i}.attention_norm.weight"] = (block.attention_norm.weight, False)
+        table[f"layers.{i}.ffn_norm.weight"] = (block.ffn_norm.weight, False)
+    return table
+
+
+def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
+    """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds)."""
+    return {name: np.asarray(var).T if transposed else np.asarray(var)
+            for name, (var, transposed) in model_variables(model, config).items()}
+
+
+_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
+
+
+def _has_non_finite(array: np.ndarray) -> bool:
+    """Whether a float array holds NaN or ±inf: an exponent of all ones, tested on the raw bits in chunks
+    (no full-size temporary; 5 GB/s)."""
+    if array.dtype.kind not in "fV" or array.dtype.itemsize not in _EXPONENT:
+        return False
+    words, mask = _EXPONENT[array.dtype.itemsize]
+    if array.dtype.itemsize == 2 and array.dtype != np.float16:   # bfloat16: float32's exponent bits
+        mask = 0x7F80
+    flat = np.ascontiguousarray(array).view(words).reshape(-1)
+    return any(((flat[i: i + (1 << 24)] & mask) == mask).any() for i in range(0, flat.size, 1 << 24))
+
+
+def backend_tensor(array: np.ndarray, transpose: bool = False):
+    """`array` (transposed, if asked) as a tensor of the Keras backend, its data copied once.
+
+    On TensorFlow, `convert_to_tensor` copies a NumPy array twice and its allocator keeps the scratch
+    (converting 1 GiB left 2 GiB more resident), and its transposes left 6% of their output resident
+    on top (measured). Here the data goes, transposed on the way, into a 64-byte-aligned NumPy buffer,
+    which TensorFlow takes over through DLPack without a copy: it becomes the variable's storage."""
+    if keras.backend.backend() != "tensorflow":
+        tensor = keras.ops.convert_to_tensor(array)
+        return keras.ops.transpose(tensor) if transpose else tensor
+    import tensorflow as tf
+
+    words = np.dtype(f"u{array.dtype.itemsize}")   # copied as raw words: NumPy copies bfloat16 slowly
+    shape = array.shape[::-1] if transpose else array.shape
+    buffer = np.empty(array.nbytes + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    out = buffer[start: start + array.nbytes].view(words).reshape(shape)
+    source = array.view(words)
+    if transpose:
+        _transpose_into(out, source)
+    else:
+        np.copyto(out, source)
+    tensor = tf.experimental.dlpack.from_dlpack(out.__dlpack__())
+    return tf.bitcast(tensor, tf.as_dtype(array.dtype)) if array.dtype != words else tensor
+
+
+def _transpose_into(out: np.ndarray, matrix: np.ndarray, tile: int = 256):
+    "out[:] = matrix.T, tile by tile: about twice as fast as NumPy's one strided pass over a large matrix."
+    rows, cols = matrix.shape
+    for i in range(0, rows, tile):
+        for j in range(0, cols, tile):
+            out[j: j + tile, i: i + tile] = matrix[i: i + tile, j: j + tile].T
+
+
+def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef]) -> dict:
+    """Meta tensor name -> (Keras variable, a function reading the tensor in the variable's orientation).
+    Every tensor the model needs must be present, and no other; each shape is checked when it is read."""
+    table = model_variables(model, config)
+    check_names(table, tensors)
+
+    def load(name, variable, transposed):
+        ref = tensors[name]
+        array = ref.load()
+        expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
+        if tuple(array.shape) != expected:
+            raise shape_error(name, ref, tuple(array.shape), expected, config)
+        if _has_non_finite(array):
+            raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
+        # The NumPy array goes as soon as the tensor holds its data; a cast to another precision happens
+        # last, on the backend (NumPy casts bfloat16 element by element).
+        tensor = backend_tensor(array, transpose=transposed)
+        del array
+        return keras.ops.cast(tensor, variable.dtype)
+
+    return {name: (variable, partial(load, name, variable, transposed))
+            for name, (variable, transposed) in table.items()}
+
+
+def _progress(config: LlamaConfig, total: int, progress: bool | None):
+    if progress is None:
+        progress = config.num_parameters > 200_000_000
+    return tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress)
+
+
+def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef], progress: bool | None = None):
+    """Copy checkpoint tensors into a built model, checking that every tensor is present with its config's shape."""
+    loaders = _checked_loaders(model, config, tensors)
+    with _progress(config, len(loaders), progress) as bar:
+        for variable, load in loaders.values():
+            variable.assign(load())
+            bar.update()
+
+
+def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None, **options):
+    """The checkpoint's model with its weights, `build_llama(checkpoint.config, dtype, **options)`
+    (options: `attention_impl`, `block_size`) initialised from the file.
+
+    The model is built inside Keras' `StatelessScope`, which creates the variables without computing
+    their random initial values; each is then initialised straight from its checkpoint tensor, one at a
+    time, largest first. Memory holds one copy of the weights plus the transient copies of one tensor
+    (random initialisation first would leave its scratch memory behind: about a third more for float32),
+    and no time goes into random numbers."""
+    from keras.src.backend.common import global_state
+
+    from llama_tf.model import build_llama
+
+    config = checkpoint.config
+    validate(checkpoint)
+    bar = None
+    try:
+        with keras.StatelessScope():   # variables created in here are initialised when it exits
+            model = build_llama(config, dtype=dtype, **options)
+            loaders = _checked_loaders(model, config, checkpoint.tensors)
+            bar = _progress(config, len(loaders), progress)
+            for variable, load in loaders.values():
+                variable._initializer = lambda shape, dtype, load=load: (load(), bar.update())[0]
+            # Keras initialises them at the scope's exit, in this list's order: largest first, so that a
+            # tensor's transient copies (file -> tensor -> transposed) come while little else is held.
+            # Last are the per-layer tensors, the largest of which is a few percent of an embedding.
+            pending = global_state.get_global_attribute("uninitialized_variables")
+            pending.sort(key=lambda v: -math.prod(v.shape))
+    except Exception:
+        # Keras keeps the variables of a failed scope in a list it would initialise at the next exit.
+        global_state.set_global_attribute("uninitialized_variables", [])
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return model
+
+
+def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",
+                       tokenizer_model: bytes | None = None) -> Path:
+    """Write `model` as `config.json` + `model.safetensors` (+ `tokenizer.model`), readable by
+    `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained`; atomic as a whole, other
+    files in the folder kept (see `write_hf`)."""
+    state = model_state(model, config)
+    files = {"tokenizer.model": tokenizer_model} if tokenizer_model is not None else {}
+    return write_hf(directory, config, {name: (lambda w=w: w) for name, w in state.items()}, dtype, files)
