@@ -18,38 +18,33 @@ import itertools
 import sys
 from pathlib import Path
 
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
+from llama_tf.cli import ArgumentParser, number, run
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llama_tf", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m llama_tf", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("prompt")
     g.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
-    g.add_argument("--max-new-tokens", type=_non_negative_int, default=100)
-    g.add_argument("--temperature", type=float, default=0.6,
+    g.add_argument("--max-new-tokens", type=number(int, 0), default=100)
+    g.add_argument("--temperature", type=number(float, 0), default=0.6,
                    help="sampling temperature (default 0.6, as Meta's reference); 0: greedy")
-    g.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the K most likely tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=0.9, help="sample from the nucleus of probability P (default 0.9)")
+    g.add_argument("--top-k", type=number(int, 0), default=0, help="sample from the K most likely tokens (0: all)")
+    g.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, help="sample from the nucleus of probability P (default 0.9)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end the continuation before TEXT (may be repeated)")
-    g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0: the same text every run)")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="random seed for sampling (default 0: the same text every run)")
 
     c = sub.add_parser("chat", help="talk with a chat model (Llama 3 Instruct, Llama 2 Chat)")
     c.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
     c.add_argument("--system", metavar="TEXT", help="a system prompt that starts the conversation")
-    c.add_argument("--max-new-tokens", type=_non_negative_int, default=512, help="longest reply (default 512)")
-    c.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6); 0: greedy")
-    c.add_argument("--top-p", type=float, default=0.9, help="nucleus of probability P (default 0.9)")
-    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    c.add_argument("--max-new-tokens", type=number(int, 0), default=512, help="longest reply (default 512)")
+    c.add_argument("--temperature", type=number(float, 0), default=0.6, help="sampling temperature (default 0.6); 0: greedy")
+    c.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, help="nucleus of probability P (default 0.9)")
+    c.add_argument("--seed", type=number(int, 0), default=0, help="random seed for sampling (default 0)")
 
     v = sub.add_parser("convert", help="write a checkpoint as Hugging Face safetensors or as GGUF")
     v.add_argument("source", help="any checkpoint llama_tf reads (folder, .safetensors, .pth, .gguf)")
@@ -62,39 +57,38 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
     e.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
-    e.add_argument("--context", type=int, help="window length in tokens (default: the model's max_seq_len)")
-    e.add_argument("--stride", type=int, help="new tokens scored per window (default: half the context)")
-    e.add_argument("--max-chars", type=_non_negative_int, help="score only the first N characters")
+    e.add_argument("--context", type=number(int, 2), help="window length in tokens (default: the model's max_seq_len)")
+    e.add_argument("--stride", type=number(int, 1), help="new tokens scored per window (default: half the context)")
+    e.add_argument("--max-chars", type=number(int, 0), help="score only the first N characters")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        import llama_tf
+    return run(lambda: command(args))
 
-        if args.command == "convert":
-            from llama_tf.convert import convert
 
-            print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
-            return 0
-        llm = llama_tf.load(args.weights)
-        if args.command == "generate":
-            pieces = llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed, top_k=args.top_k,
-                                  top_p=args.top_p, stop=args.stop, stream=True)
-            print(args.prompt, end="", flush=True)
-            for piece in pieces:
-                print(piece, end="", flush=True)
-            print()
-        elif args.command == "chat":
-            return chat(llm, args)
-        else:
-            text = args.file.read_text(encoding="utf-8")[: args.max_chars]
-            print(llama_tf.evaluate(llm, text, context=args.context, stride=args.stride))
-    except (OSError, ValueError) as e:  # FileNotFoundError, CheckpointError, bad arguments
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+def command(args) -> int | None:
+    import llama_tf
+
+    if args.command == "convert":
+        from llama_tf.convert import convert
+
+        print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
+        return 0
+    llm = llama_tf.load(args.weights)
+    if args.command == "generate":
+        pieces = llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed, top_k=args.top_k,
+                              top_p=args.top_p, stop=args.stop, stream=True)
+        print(args.prompt, end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+    elif args.command == "chat":
+        return chat(llm, args)
+    else:
+        text = args.file.read_text(encoding="utf-8")[: args.max_chars]
+        print(llama_tf.evaluate(llm, text, context=args.context, stride=args.stride))
 
 
 def chat(llm, args) -> int:

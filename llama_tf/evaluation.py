@@ -91,5 +91,7 @@ def evaluate(llm, text: str, context: int | None = None, stride: int | None = No
     if llm.tokenizer.add_bos:
         ids = ids[1:]
     context = context or llm.config.max_seq_len
+    if isinstance(context, (int, np.integer)) and context > llm.config.max_seq_len:
+        raise ValueError(f"context {context} is longer than the model's max_seq_len {llm.config.max_seq_len}")
     nll = score_ids(llm.model, ids, llm.tokenizer.bos_id, context, stride, batch_size)
     return Evaluation(nll, len(ids), len(text))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llama_tf.cli import ArgumentParser, number, run
+
 TOKENIZER_FILE = "tokenizer.model"
 BOS_ID = 1  # train_tokenizer puts <unk>, <s>, </s> at 0, 1, 2, as LLaMA's tokenizer does
 SPLITS = ("train", "valid", "heldout")
@@ -49,13 +51,27 @@ def train_tokenizer(text: str, vocab_size: int) -> bytes:
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, split_digits=True, unk_id=0, bos_id=BOS_ID, eos_id=2, pad_id=-1,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=2, minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, split_digits=True, unk_id=0, bos_id=BOS_ID, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=2, minloglevel=2,
+        )
+    except RuntimeError as e:   # e.g. "Vocabulary size too high (100000). Please set it to a value <= 288."
+        raise ValueError(f"sentencepiece cannot train this tokenizer: {str(e).split('] ')[-1]}") from None
     return model.getvalue()
+
+
+def _read_json(folder: Path, name: str, writer: str):
+    "A JSON file that the `writer` command leaves in `folder`."
+    file = folder / name
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder}: no {name}; expected a folder written by `{writer}`")
+    try:
+        return json.loads(file.read_text())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
 
 
 def token_stream(tokenizer, text: str, lines_per_batch: int = 1024) -> np.ndarray:
@@ -70,10 +86,14 @@ def token_stream(tokenizer, text: str, lines_per_batch: int = 1024) -> np.ndarra
 def prepare(args):
     from llama_tf.tokenizer import Tokenizer
 
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.text}: not UTF-8 text ({e})") from None
+    splits = split_text(text, args.held_out, args.valid)
+    proto = train_tokenizer(splits["train"] + splits["valid"], args.vocab_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = split_text(Path(args.text).read_text(), args.held_out, args.valid)
-    proto = train_tokenizer(splits["train"] + splits["valid"], args.vocab_size)
     (out / TOKENIZER_FILE).write_bytes(proto)
     tokenizer = Tokenizer(proto, add_bos=False)
     stats = {"text": str(args.text), "vocab_size": tokenizer.vocab_size, "held_out_fraction": args.held_out,
@@ -151,11 +171,11 @@ def fit(args):
     from llama_tf.model import build_llama
 
     data, out = Path(args.data), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Log(out / "training.log")
-    stats = json.loads((data / "prepare.json").read_text())
+    stats = _read_json(data, "prepare.json", "prepare")
     tokenizer_proto = (data / TOKENIZER_FILE).read_bytes()
     ids = {name: np.load(data / f"{name}.npy") for name in SPLITS}
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "training.log")
 
     keras.utils.set_random_seed(args.seed)
     config = LlamaConfig(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
@@ -237,7 +257,7 @@ def plot(args):
     import matplotlib.pyplot as plt
 
     folder = Path(args.folder)
-    history = json.loads((folder / "history.json").read_text())
+    history = _read_json(folder, "history.json", "fit")
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [h["loss"] for h in history], label="training loss (nats/token, dropout on)")
@@ -253,62 +273,48 @@ def plot(args):
 
 # ---------------------------------------------------------------------------------------------------
 
-def _number(kind, low, high=None, exclusive=False):
-    "An argparse type: a finite `kind` at least `low` (above it if `exclusive`), below `high` if given."
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < low or (exclusive and value == low) or (high is not None and value >= high):
-            bound = f"> {low}" if exclusive else f">= {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}{f' and < {high}' if high is not None else ''}, got {text}")
-        return value
-    return parse
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llama_tf.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m llama_tf.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("prepare", help="train the tokenizer and tokenize the splits (TensorFlow)")
     q.add_argument("--text", required=True, help="a UTF-8 text file")
     q.add_argument("--out", required=True, help="folder for tokenizer.model, {train,valid,heldout}.npy")
-    q.add_argument("--vocab-size", type=_number(int, 1), default=2048)
-    q.add_argument("--held-out", type=_number(float, 0, 1), default=0.1, help="fraction at the end, never trained on")
-    q.add_argument("--valid", type=_number(float, 0, 1), default=0.05, help="fraction of the rest used for validation")
-    q.add_argument("--bpe-dropout", type=_number(float, 0, 1), default=0.1, help="merge dropout when sampling segmentations")
-    q.add_argument("--sampled-epochs", type=_number(int, 0), default=0,
+    q.add_argument("--vocab-size", type=number(int, 1), default=2048)
+    q.add_argument("--held-out", type=number(float, 0, below=1), default=0.1, help="fraction at the end, never trained on")
+    q.add_argument("--valid", type=number(float, 0, below=1), default=0.05, help="fraction of the rest used for validation")
+    q.add_argument("--bpe-dropout", type=number(float, 0, below=1), default=0.1, help="merge dropout when sampling segmentations")
+    q.add_argument("--sampled-epochs", type=number(int, 0), default=0,
                    help="write this many sampled segmentations of the training split (0: the plain one)")
     q.set_defaults(run=prepare)
 
     f = sub.add_parser("fit", help="train the model (any Keras backend)")
     f.add_argument("--data", required=True, help="a folder written by prepare")
     f.add_argument("--out", required=True, help="folder for the checkpoint, training.log, history.json")
-    f.add_argument("--dim", type=_number(int, 1), default=384)
-    f.add_argument("--n-layers", type=_number(int, 1), default=6)
-    f.add_argument("--n-heads", type=_number(int, 1), default=6)
-    f.add_argument("--n-kv-heads", type=_number(int, 1), help="key/value heads (default: --n-heads)")
-    f.add_argument("--hidden-dim", type=_number(int, 1), default=1024)
+    f.add_argument("--dim", type=number(int, 1), default=384)
+    f.add_argument("--n-layers", type=number(int, 1), default=6)
+    f.add_argument("--n-heads", type=number(int, 1), default=6)
+    f.add_argument("--n-kv-heads", type=number(int, 1), help="key/value heads (default: --n-heads)")
+    f.add_argument("--hidden-dim", type=number(int, 1), default=1024)
     f.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True)
-    f.add_argument("--rope-theta", type=_number(float, 0, exclusive=True), default=10000.0)
-    f.add_argument("--norm-eps", type=_number(float, 0, exclusive=True), default=1e-5)
-    f.add_argument("--seq-len", type=_number(int, 1), default=256, help="training context, also the model's max_seq_len")
-    f.add_argument("--batch-size", type=_number(int, 1), default=64)
-    f.add_argument("--steps", type=_number(int, 1), default=3000)
-    f.add_argument("--eval-every", type=_number(int, 1), default=100)
-    f.add_argument("--lr", type=_number(float, 0, exclusive=True), default=1e-3)
-    f.add_argument("--min-lr", type=_number(float, 0, exclusive=True), default=1e-4)
-    f.add_argument("--warmup-steps", type=_number(int, 0), default=100)
-    f.add_argument("--weight-decay", type=_number(float, 0, 1), default=0.1)
-    f.add_argument("--beta2", type=_number(float, 0, 1), default=0.99)
-    f.add_argument("--clip-norm", type=_number(float, 0, exclusive=True), default=1.0)
-    f.add_argument("--dropout", type=_number(float, 0, 1), default=0.2)
-    f.add_argument("--ema", type=_number(float, 0, 1), default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
+    f.add_argument("--rope-theta", type=number(float, above=0), default=10000.0)
+    f.add_argument("--norm-eps", type=number(float, above=0), default=1e-5)
+    f.add_argument("--seq-len", type=number(int, 1), default=256, help="training context, also the model's max_seq_len")
+    f.add_argument("--batch-size", type=number(int, 1), default=64)
+    f.add_argument("--steps", type=number(int, 1), default=3000)
+    f.add_argument("--eval-every", type=number(int, 1), default=100)
+    f.add_argument("--lr", type=number(float, above=0), default=1e-3)
+    f.add_argument("--min-lr", type=number(float, above=0), default=1e-4)
+    f.add_argument("--warmup-steps", type=number(int, 0), default=100)
+    f.add_argument("--weight-decay", type=number(float, 0, below=1), default=0.1)
+    f.add_argument("--beta2", type=number(float, 0, below=1), default=0.99)
+    f.add_argument("--clip-norm", type=number(float, above=0), default=1.0)
+    f.add_argument("--dropout", type=number(float, 0, below=1), default=0.2)
+    f.add_argument("--ema", type=number(float, 0, below=1), default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
     f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--verbose", type=int, default=1 if sys.stdout.isatty() else 2,
+    f.add_argument("--seed", type=number(int, 0), default=0)
+    f.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1 if sys.stdout.isatty() else 2,
                    help="Keras fit verbosity: 1 = progress bar (default in a terminal), 2 = a line per evaluation")
     f.set_defaults(run=fit)
 
@@ -319,14 +325,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    "Runs a subcommand; a bad input (a missing file, a malformed one, an impossible setting) is one `error:` line."
     args = parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (OSError, ValueError) as e:   # FileNotFoundError, CheckpointError, TokenizerError, bad settings
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run(lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 
 from llama_tf import assets
-from conftest import require, SHARED, shared_path
+from conftest import require, shared_path
 
 
 @pytest.fixture

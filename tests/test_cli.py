@@ -1,0 +1,118 @@
+"""Every option of both command lines, given bad values: one `error:` line, a non-zero exit, no traceback.
+
+The cases are read from the parsers themselves, so an option added later is covered without editing
+this file: every option that takes a number or a choice is given values it must refuse, and every
+argument that names a file or folder is given one that is missing or of the wrong kind."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llama_tf import __main__ as llama_cli
+from llama_tf import train as train_cli
+from conftest import ROOT
+
+CLIS = {"llama_tf": llama_cli, "llama_tf.train": train_cli}
+# Arguments each subcommand needs, so that parsing reaches the option under test (paths are made below).
+REQUIRED = {"generate": ["ROMEO:"], "chat": [], "convert": ["SRC", "DST"], "eval": ["TEXT"],
+            "prepare": ["--text", "TEXT", "--out", "OUT"], "fit": ["--data", "DATA", "--out", "OUT"], "plot": ["OUT"]}
+NOT_NUMBERS = ["x", "", "nan", "inf", "-inf", "1e999", "-1", "0x10", "1,5"]
+
+
+def subcommands(cli):
+    (choices,) = [a.choices for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return choices
+
+
+def options():
+    "(cli, subcommand, option, values it must refuse) for every option that takes a number or a choice."
+    for name, cli in CLIS.items():
+        for command, sub in subcommands(cli).items():
+            for action in sub._actions:
+                if not action.option_strings or action.nargs == 0:
+                    continue
+                if action.choices:
+                    yield name, command, action.option_strings[0], ["x", "", *(["-1", "3"] if action.type is int else [])]
+                elif action.type not in (None, str):
+                    yield name, command, action.option_strings[0], NOT_NUMBERS
+
+
+def run(name, argv, capsys):
+    "`main(argv)` of the command line `name`: (exit status, stderr)."
+    try:
+        status = CLIS[name].main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def paths(tmp_path):
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question. " * 20)
+    return {"SRC": str(ROOT / "weights" / "shakespeare"), "DST": str(tmp_path / "converted"),
+            "TEXT": str(tmp_path / "text.txt"), "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+
+
+def test_the_cases_cover_every_subcommand():
+    covered = {(name, command) for name, command, _, _ in options()}
+    assert covered == {(name, c) for name, cli in CLIS.items() for c in subcommands(cli)} - {("llama_tf.train", "plot")}
+    assert len(list(options())) >= 40
+
+
+@pytest.mark.parametrize("name, command, option, values", list(options()),
+                         ids=[f"{n} {c} {o}" for n, c, o, _ in options()])
+def test_a_bad_value_for_any_option_is_one_error_line(name, command, option, values, paths, capsys):
+    for value in values:
+        argv = [command, *(paths.get(a, a) for a in REQUIRED[command]), f"{option}={value}"]
+        status, err = run(name, argv, capsys)
+        assert status == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith(f"error: python -m {name} {command}: argument {option}"), err
+    assert not os.path.exists(paths["OUT"]) and not os.path.exists(paths["DST"])   # nothing was written
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("llama_tf", ["generate", "x", "--weights", "MISSING"], "checkpoint not found: MISSING"),
+    ("llama_tf", ["chat", "--weights", "MISSING"], "checkpoint not found: MISSING"),
+    ("llama_tf", ["eval", "MISSING"], "No such file or directory: 'MISSING'"),
+    ("llama_tf", ["eval", "TMP"], "Is a directory: 'TMP'"),
+    ("llama_tf", ["eval", "TEXT", "--weights", "TEXT"], "not a LLaMA checkpoint llama_tf can read"),
+    ("llama_tf", ["eval", "TEXT", "--context", "100000"], "context 100000 is longer than the model's max_seq_len 256"),
+    ("llama_tf", ["eval", "TEXT", "--context", "16", "--stride", "64"], "stride must be between 1 and context - 1"),
+    ("llama_tf", ["convert", "MISSING", "DST"], "checkpoint not found: MISSING"),
+    ("llama_tf", ["convert", "SRC", "TEXT"], "TEXT exists and is not a folder"),
+    ("llama_tf", ["convert", "SRC", "TEXT/sub.gguf"], "Not a directory"),
+    ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "MISSING"], "tokenizer file not found: MISSING"),
+    ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "TEXT"], "not a SentencePiece model"),
+    ("llama_tf", ["generate", "x" * 3000], "the prompt is 3001 tokens, longer than the model's context of 256"),
+    ("llama_tf.train", ["prepare", "--text", "MISSING", "--out", "OUT"], "No such file or directory: 'MISSING'"),
+    ("llama_tf.train", ["prepare", "--text", "TMP", "--out", "OUT"], "Is a directory"),
+    ("llama_tf.train", ["prepare", "--text", "BINARY", "--out", "OUT"], "BINARY: not UTF-8 text"),
+    ("llama_tf.train", ["prepare", "--text", "TEXT", "--out", "OUT", "--vocab-size", "100000"],
+     "sentencepiece cannot train this tokenizer: Vocabulary size too high"),
+    ("llama_tf.train", ["fit", "--data", "MISSING", "--out", "OUT"], "MISSING: no prepare.json; expected a folder written by `prepare`"),
+    ("llama_tf.train", ["fit", "--data", "TMP", "--out", "OUT"], "no prepare.json"),
+    ("llama_tf.train", ["plot", "MISSING"], "MISSING: no history.json; expected a folder written by `fit`"),
+])
+def test_a_bad_file_or_setting_is_one_error_line(name, argv, message, paths, tmp_path, capsys):
+    paths = {**paths, "MISSING": str(tmp_path / "missing"), "TMP": str(tmp_path), "BINARY": str(tmp_path / "x.bin")}
+    (tmp_path / "x.bin").write_bytes(bytes(range(256)))
+    for key in ("TEXT", "MISSING", "BINARY", "TMP"):          # longest first: TEXT's path contains TMP's
+        argv = [a.replace(key, paths[key]) if key in a else a for a in argv]
+        message = message.replace(key, paths[key])
+    argv = [paths.get(a, a) for a in argv]
+    status, err = run(name, argv, capsys)
+    assert status == 1 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not os.path.exists(paths["OUT"]) and not os.path.exists(paths["DST"])
+
+
+@pytest.mark.parametrize("name", CLIS)
+def test_from_a_shell_an_error_is_the_only_line(name, tmp_path):
+    "Run as a program: TensorFlow's and absl's log lines stay out too."
+    result = subprocess.run([sys.executable, "-m", name, "plot" if name == "llama_tf.train" else "eval",
+                             str(tmp_path / "missing")], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
