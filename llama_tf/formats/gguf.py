@@ -34,13 +34,34 @@ _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 
 def open_gguf(path: Path):
-    "A `gguf.GGUFReader` on `path` (memory-mapped), or a CheckpointError naming the file."
+    """A `gguf.GGUFReader` on `path` (memory-mapped), or a CheckpointError naming the file. The last one
+    opened is kept while the file is unchanged: loading reads the header for the model, then for the
+    tokenizer."""
+    stat = Path(path).stat()
+    return _open(Path(path).resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _open(path: Path, modified: int, size: int):
+    """The reader slices its `np.memmap` once per metadata value, and a memmap slice costs several times a
+    plain array's: a Llama 3 vocabulary (128,256 tokens and 280,000 merges) took 8.4 s to index. Here
+    the reader works on a plain array view of the same mapping: 2.6 s, the same fields and tensors."""
     try:
         import gguf
     except ImportError:
         raise CheckpointError(f"{path}: reading GGUF files needs the gguf package (pip install gguf)") from None
+
+    class Reader(gguf.GGUFReader):
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, mapping):
+            self._data = np.asarray(mapping)   # an ndarray over the memmap's buffer, no copy
+
     try:
-        return gguf.GGUFReader(path)
+        return Reader(path)
     except Exception as e:   # the reader raises ValueError, struct errors, IndexError on truncated files
         raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
 
