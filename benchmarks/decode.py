@@ -12,6 +12,10 @@ rows in Meta's layout) and measures every peer in its own process, on the same p
   ((n - 1) new tokens ÷ (time for n new tokens − time for 1));
 - peak resident memory of the process (`ru_maxrss`), and as a multiple of the weights' bytes.
 
+dtype `q4_k_m` is the GGUF that llama.cpp quantises from the float32 one (Q4_K_M, what most people
+download): llama.cpp runs it as it is, llama_tf loads the same file, dequantised to float32; the
+weights' bytes are then the file's.
+
 Every figure is also given as a ratio to llama_tf's, and llama_tf's decode as a fraction of the bound
 that memory bandwidth sets: bytes of weights read per token ÷ a measured large matrix-vector read rate.
 Needs the benchmark extra (`pip install -e .[bench]`) and the LLaMA tokenizer (for the GGUF
@@ -52,6 +56,7 @@ PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]
 # In float32 it would need 30 GiB: bfloat16 only.
 RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16",))}
 PREFILL_TOKENS, PROMPT_TOKENS, BATCH = 512, 32, 8
+QUANTISED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}   # made by llama.cpp from the float32 GGUF
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,7 +97,10 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     from llama_tf.generation import Sampler
 
     baseline, begin = _peak_rss(), time.perf_counter()
-    llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
+    if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside
+        llm = llama_tf.load(model_dir / f"model-{dtype}.gguf", dtype="float32")
+    else:
+        llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
     load_s = time.perf_counter() - begin
 
     def generate(prompts, n):
@@ -333,7 +341,22 @@ def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     return {}
 
 
-TASKS = {**WORKERS, "make_hf_weights": make_hf_weights, "make_sharded_weights": make_sharded_weights,
+def quantize(model_dir: Path, dtype: str, **_) -> dict:
+    "model-<dtype>.gguf from model-float32.gguf, by llama.cpp's quantizer (the gguf package cannot write K-quants)."
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTISED[dtype])
+    params.nthread = os.cpu_count()
+    source, target = model_dir / "model-float32.gguf", model_dir / f"model-{dtype}.gguf"
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantise {source} to {dtype}")
+    return {}
+
+
+TASKS = {**WORKERS, "quantize": quantize, "make_hf_weights": make_hf_weights, "make_sharded_weights": make_sharded_weights,
          "make_gguf": make_gguf}
 
 
@@ -442,20 +465,30 @@ def main(argv=None) -> int:
     for shape in args.shapes.split(","):
         for dtype in [d for d in args.dtypes.split(",") if d in RUNS.get(shape, {}).get("dtypes", (d,))]:
             # Llama 3 shapes: one bfloat16 checkpoint (as published), loaded in each dtype.
-            model_dir = workdir / (shape if shape in SHARDED else f"{shape}-{dtype}")
+            # Quantised GGUFs: made from the float32 checkpoint's GGUF.
+            source_dtype = "float32" if dtype in QUANTISED else dtype
+            model_dir = workdir / (shape if shape in SHARDED else f"{shape}-{source_dtype}")
             if not (model_dir / "config.json").exists():
                 run_task("make_sharded_weights" if shape in SHARDED else "make_hf_weights",
-                         model_dir=model_dir, shape=shape, dtype="bfloat16" if shape in SHARDED else dtype)
+                         model_dir=model_dir, shape=shape, dtype="bfloat16" if shape in SHARDED else source_dtype)
             total, per_token = weight_bytes(model_dir)
-            if shape in SHARDED and dtype == "float32":     # a bfloat16 file, held in float32
+            if shape in SHARDED and source_dtype == "float32":     # a bfloat16 file, held in float32
                 total, per_token = 2 * total, 2 * per_token
             run = {k: v for k, v in RUNS.get(shape, {}).items() if k != "dtypes"}
             new_tokens = run.pop("new_tokens", args.new_tokens)
             # Llama 3 shapes carry their tokenizer.json (written with the weights), as downloads do.
             tokenizer = model_dir / "tokenizer.json" if shape in SHARDED else args.tokenizer
+            if dtype in QUANTISED and not (model_dir / f"model-{dtype}.gguf").exists():
+                if not (model_dir / "model-float32.gguf").exists():
+                    run_task("make_gguf", model_dir=model_dir, dtype="float32", tokenizer=tokenizer)
+                run_task("quantize", model_dir=model_dir, dtype=dtype)
+            if dtype in QUANTISED:
+                total = (model_dir / f"model-{dtype}.gguf").stat().st_size
             for peer in args.peers.split(","):
                 if peer == "keras_hub" and shape == "llama3.1-8b":
                     continue   # keras-hub's port reads the whole checkpoint into memory, in float32
+                if dtype in QUANTISED and peer not in ("llama_tf", "llama_cpp"):
+                    continue   # the others read no GGUF
                 if peer == "llama_cpp" and not (model_dir / f"model-{dtype}.gguf").exists():
                     run_task("make_gguf", model_dir=model_dir, dtype=dtype, tokenizer=tokenizer)
                 variants = [False, True] if peer == "keras_hub" and shape == "134m" else [False]
