@@ -4,6 +4,7 @@ Modules:
 
 - `llama_tf.assets`: Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
 - `llama_tf.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.
+- `llama_tf.backend`: What differs between the Keras backends outside the layers: running a model for inference only.
 - `llama_tf.chat`: Chat formats: a conversation, `[{"role": ..., "content": ...}, ...]`, as the token ids a chat model was tuned on.
 - `llama_tf.cli`: What `python -m llama_tf` and `python -m llama_tf.train` share: every bad input is one `error:` line.
 - `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.

@@ -178,7 +178,12 @@ class Attention(keras.layers.Layer):
 # %% ../notebooks/04_attention.ipynb #7b45c311
 def write_slots(cache, new, index):
     """cache (batch, heads, max_len, head_dim) with slots index, ..., index + seq - 1 replaced by
-    new (batch, heads, seq, head_dim). (A concatenation: on CPU, TensorFlow runs it several times
-    faster than `ops.slice_update`.)"""
-    end = index + ops.shape(new)[2]
-    return ops.concatenate([cache[:, :, :index], new, cache[:, :, end:]], axis=2)
+    new (batch, heads, seq, head_dim); an empty cache (max_len 0) becomes `new`. TensorFlow
+    concatenates (on CPU it runs that several times faster than `ops.slice_update`); JAX and PyTorch
+    write in place with `ops.slice_update` (under `jax.jit` a slice at a traced index is not allowed)."""
+    if keras.backend.backend() == "tensorflow":
+        end = index + ops.shape(new)[2]
+        return ops.concatenate([cache[:, :, :index], new, cache[:, :, end:]], axis=2)
+    if cache.shape[2] == 0:
+        return new
+    return ops.slice_update(cache, (0, 0, index, 0), new)

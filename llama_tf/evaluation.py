@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llama_tf.backend import inference, to_numpy
+
 __all__ = ["Evaluation", "evaluate", "score_ids"]
 
 
@@ -73,7 +75,8 @@ def score_ids(model, ids, bos_id: int, context: int, stride: int | None = None, 
         inputs = np.zeros((len(batch), width), dtype=np.int32)   # padding after the text: causal, so inert
         for row, (start, end, _) in enumerate(batch):
             inputs[row, : end - start] = np.concatenate([[bos_id], ids[start : end - 1]])
-        logits = np.asarray(model(inputs, training=False))        # (batch, width, vocab) float32
+        with inference():
+            logits = to_numpy(model(inputs, training=False))      # (batch, width, vocab) float32
         for row, (start, end, scored) in enumerate(batch):
             positions = np.arange(scored - start, end - start)
             scores = np.asarray(logits[row, positions], dtype=np.float64)       # one row in float64 at a time

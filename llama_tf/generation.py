@@ -1,7 +1,8 @@
 """Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
 
 `Decoder` runs the prompt through the model once and then one token per step on a key/value cache, in
-one `tf.function`; `Sampler` picks each token (greedy, temperature, top-k, top-p, seeded); `TextStream`
+one step compiled the way the Keras backend wants (`compiled_step`: a `tf.function` on TensorFlow, a
+`jax.jit` on JAX, eager PyTorch without autograd); `Sampler` picks each token (greedy, temperature, top-k, top-p, seeded); `TextStream`
 turns ids into text as they arrive, holding back incomplete UTF-8 and possible stop strings.
 `LLM.generate` (in `llama_tf.llm`) puts these together; notebook 06 explains the cache they run on.
 """
@@ -13,11 +14,11 @@ from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from llama_tf.backend import inference, to_numpy
 from llama_tf.model import _blocks, call_with_cache, new_cache
 
-__all__ = ["Sampler", "Decoder", "TextStream"]
+__all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
 
@@ -65,20 +66,57 @@ class Sampler:
         return order[np.arange(len(order)), pick].astype("int32")
 
 
-class Decoder:
-    """Generates token ids for a batch of prompts with a key/value cache: one compiled `tf.function`
-    runs both the prefill (every prompt, left-padded to the longest) and each one-token decode step."""
+def compiled_step(model: keras.Model):
+    """`step(ids, cache, index, start) -> (logits, cache)`: `call_with_cache` compiled for the backend.
 
-    def __init__(self, model: keras.Model, max_seq_len: int):
-        self.model, self.max_seq_len = model, max_seq_len
+    - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once. (No XLA:
+      on CPU, jit_compile=True made a decode step many times slower.)
+    - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
+      decode step's for each cache length (which grows in blocks, so a few). The weights go in as
+      arguments, not as constants baked into the program, and the cache's buffers are donated, so
+      `slice_update` writes the new slots in place.
+    - PyTorch: eager, without autograd."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
         blocks = _blocks(model)
         attention = blocks[0].attention
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
         signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        # No XLA: on CPU, jit_compile=True made a decode step many times slower.
-        self.step = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
-                                input_signature=signature)
+        return tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
+                           input_signature=signature)
+    if backend == "jax":
+        import jax
+
+        variables = model.variables
+
+        def pure(values, ids, cache, index, start):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return call_with_cache(model, ids, cache, index, start)
+
+        jitted = jax.jit(pure, donate_argnums=2)
+        return lambda ids, cache, index, start: jitted([v.value for v in variables], ids, cache, index, start)
+    if backend == "torch":
+        def eager(ids, cache, index, start):
+            tensor = keras.ops.convert_to_tensor
+            with inference():
+                return call_with_cache(model, tensor(ids), cache, tensor(index), tensor(start))
+        return eager
+    raise ValueError(f"llama_tf decodes on the tensorflow, jax and torch backends, not {backend!r}")
+
+
+class Decoder:
+    """Generates token ids for a batch of prompts with a key/value cache: one compiled step
+    (`compiled_step`) runs both the prefill (every prompt, left-padded to the longest) and each
+    one-token decode step."""
+
+    def __init__(self, model: keras.Model, max_seq_len: int):
+        self.model, self.max_seq_len = model, max_seq_len
+        self.step = compiled_step(model)
+        # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
+        self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
@@ -107,7 +145,7 @@ class Decoder:
     def _steps(self, prompts, lengths, budget, sampler, stop_ids) -> Iterator[np.ndarray]:
         if budget.max() == 0:
             return
-        width = int(lengths.max())
+        width = -(-int(lengths.max()) // self.width_multiple) * self.width_multiple
         start = (width - lengths).astype("int32")                          # left padding of each row
         ids = np.zeros((len(prompts), width), "int32")
         for row, prompt in enumerate(prompts):
@@ -118,11 +156,11 @@ class Decoder:
         # length from the start would be alive twice during the prefill: the empty ones and the written.)
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
-        logits, cache = self.step(ids, new_cache(self.model, len(prompts), 0), tf.constant(0), start)
+        logits, cache = self.step(ids, new_cache(self.model, len(prompts), 0), np.int32(0), start)
         capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK))
         finished = budget == 0
         for step in range(int(budget.max())):
-            next_ids = np.where(finished, -1, sampler(logits.numpy()))
+            next_ids = np.where(finished, -1, sampler(to_numpy(logits)))
             yield next_ids
             finished |= np.isin(next_ids, stop_ids) | (step + 1 >= budget)
             if finished.all():
@@ -130,7 +168,7 @@ class Decoder:
             if width + step >= capacity:
                 capacity = _grow(cache, capacity, min(slots, 2 * capacity))
             fed = np.maximum(next_ids, 0)[:, None]                          # finished rows feed a dummy 0
-            logits, cache = self.step(fed, cache, tf.constant(width + step), start)
+            logits, cache = self.step(fed, cache, np.int32(width + step), start)
 
 
 def _grow(cache: list, length: int, wanted: int) -> int:
@@ -138,7 +176,7 @@ def _grow(cache: list, length: int, wanted: int) -> int:
     target = -(-wanted // CACHE_BLOCK) * CACHE_BLOCK
     room = [(0, 0), (0, 0), (0, target - length), (0, 0)]
     for layer, (keys, values) in enumerate(cache):
-        cache[layer] = (tf.pad(keys, room), tf.pad(values, room))
+        cache[layer] = (keras.ops.pad(keys, room), keras.ops.pad(values, room))
     return target
 
 

@@ -34,7 +34,7 @@ def model_variables(model, config: LlamaConfig) -> dict:
     if not config.tie_embeddings:
         table["output.weight"] = (model.get_layer("output").kernel, True)
     for i in range(config.n_layers):
-        block = model.get_layer(f"layers.{i}")
+        block = model.get_layer(f"layers_{i}")
         for sub, owner in (("attention", block.attention), ("feed_forward", block.feed_forward)):
             for proj in ("wq", "wk", "wv", "wo") if sub == "attention" else ("w1", "w2", "w3"):
                 table[f"layers.{i}.{sub}.{proj}.weight"] = (getattr(owner, proj).kernel, True)

@@ -1,7 +1,7 @@
 """The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 
 `build_llama(config)` is a functional `keras.Model` from int32 ids (batch, seq) to float32 logits
-(batch, seq, vocab), its layers named as Meta's checkpoint tensors (`tok_embeddings`, `layers.N`, `norm`,
+(batch, seq, vocab), its layers named after Meta's checkpoint tensors (`tok_embeddings`, `layers_N`, `norm`,
 `output`); `TokenEmbedding` doubles as the output projection for tied embeddings. `new_cache` and
 `call_with_cache` run that model on a key/value cache: the prompt once, then one token per step."""
 
@@ -53,7 +53,7 @@ def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.
     for i in range(config.n_layers):
         h = TransformerBlock(config.dim, config.n_heads, config.n_kv_heads, config.hidden_dim, config.norm_eps,
                              config.rope_theta, dropout, attention_impl, block_size, config.rope_scaling,
-                             name=f"layers.{i}", dtype=dtype)(h)
+                             name=f"layers_{i}", dtype=dtype)(h)
     h = RMSNorm(config.norm_eps, name="norm", dtype=dtype)(h)
     if config.tie_embeddings:
         logits = embedding(h, reverse=True)

@@ -8,6 +8,13 @@ bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
 [ $# -eq 0 ] || exit 0
 
+# The parity tests (layers and logits against transformers, cached against uncached decoding, greedy
+# text against transformers' generate) again on Keras' other backends; TensorFlow ran them above.
+for backend in jax torch; do
+    echo "== the parity tests on KERAS_BACKEND=$backend"
+    KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_layers.py tests/test_parity.py tests/test_generation.py
+done
+
 # `-k ipynb` selects the notebooks' cells from the whole suite, so tests/conftest.py (kernel profile, skips)
 # applies as in the run above.
 nbval=(.venv/bin/python -m pytest -k ipynb -q)

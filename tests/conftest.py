@@ -118,3 +118,13 @@ def llama3_tokenizer_json(llama3_tokenizer_path, tmp_path_factory) -> Path:
     convert.TikTokenConverter(vocab_file=str(llama3_tokenizer_path),
                               extra_special_tokens=LLAMA3_SPECIAL_TOKENS).converted().save(str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def inference_without_autograd():
+    """On Keras' PyTorch backend, tests run as inference code runs: without autograd (`torch.no_grad`),
+    so that outputs convert to NumPy. (The other backends record nothing unless asked.)"""
+    from llama_tf.backend import inference
+
+    with inference():
+        yield

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import require
+from llama_tf.backend import to_numpy
 
 VOCAB = 384
 
@@ -140,7 +141,8 @@ def write_meta(model, directory: Path, tokenizer_proto: bytes, n_shards=1, embed
 
 
 def max_relative_error(ours, reference) -> float:
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    "max |ours - reference| / max |reference|; either may be a tensor of any Keras backend."
+    ours, reference = (np.asarray(to_numpy(x), np.float64) for x in (ours, reference))
     return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
 
 

@@ -140,7 +140,7 @@ def test_attention_maps_match_transformers(case, token_ids):
         theirs = model(torch.tensor(token_ids), output_attentions=True).attentions   # per layer (batch, heads, q, k)
     h = llm.model.get_layer("tok_embeddings")(token_ids)
     for i, reference in enumerate(theirs):
-        block = llm.model.get_layer(f"layers.{i}")
+        block = llm.model.get_layer(f"layers_{i}")
         ours = np.asarray(block.attention.attention_map(block.attention_norm(h)))
         np.testing.assert_allclose(ours, reference.numpy(), atol=1e-5, err_msg=f"layer {i}")
         h = block(h)
