@@ -9,10 +9,12 @@ bash scripts/setup.sh
 [ $# -eq 0 ] || exit 0
 
 # The parity tests (layers and logits against transformers, cached against uncached decoding, greedy
-# text against transformers' generate) again on Keras' other backends; TensorFlow ran them above.
+# text against transformers' generate) and training again on Keras' other backends; TensorFlow ran
+# them above.
 for backend in jax torch; do
-    echo "== the parity tests on KERAS_BACKEND=$backend"
-    KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_layers.py tests/test_parity.py tests/test_generation.py
+    echo "== the parity and training tests on KERAS_BACKEND=$backend"
+    KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_layers.py tests/test_parity.py \
+        tests/test_generation.py tests/test_train.py
 done
 
 # `-k ipynb` selects the notebooks' cells from the whole suite, so tests/conftest.py (kernel profile, skips)

@@ -121,10 +121,14 @@ def llama3_tokenizer_json(llama3_tokenizer_path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def inference_without_autograd():
+def inference_without_autograd(request):
     """On Keras' PyTorch backend, tests run as inference code runs: without autograd (`torch.no_grad`),
-    so that outputs convert to NumPy. (The other backends record nothing unless asked.)"""
+    so that outputs convert to NumPy; tests marked `training` keep it. (The other backends record
+    nothing unless asked.)"""
     from llama_tf.backend import inference
 
+    if request.node.get_closest_marker("training"):
+        yield
+        return
     with inference():
         yield

@@ -4,12 +4,14 @@ result loads with llama_tf.load and its files are those the model card describes
 import json
 
 import numpy as np
+import pytest
 
 import llama_tf
 from llama_tf.train import main, split_text
 from conftest import shared_path
 
 
+@pytest.mark.training
 def test_prepare_fit_plot(tmp_path):
     text = shared_path("data/tinyshakespeare.txt").read_text()[:200_000]
     (tmp_path / "text.txt").write_text(text)
