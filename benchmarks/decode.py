@@ -126,12 +126,11 @@ def worker_transformers(model_dir: Path, dtype: str, new_tokens: int, run: dict,
     return {**_measure(generate, model.config.vocab_size, new_tokens, **run), "baseline_rss": baseline, "load_s": load_s}
 
 
-def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, run: dict, jit_compile: bool = False, **_) -> dict:
-    import keras
+def keras_hub_causal_lm(model_dir: Path, dtype: str, jit_compile: bool = True):
+    "keras-hub's `LlamaCausalLM` (greedy, no preprocessor) with the weights of an HF checkpoint, ported by hand."
     import keras_hub
     from safetensors.numpy import load_file
 
-    baseline, begin = _peak_rss(), time.perf_counter()
     hf = json.loads((model_dir / "config.json").read_text())
     scaling = hf.get("rope_scaling") or {}
     llama3_rope = dict(rope_frequency_adjustment_factor=scaling["factor"], rope_low_freq_factor=scaling["low_freq_factor"],
@@ -172,18 +171,32 @@ def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, run: dict, ji
     causal_lm.compile(sampler="greedy")
     causal_lm.jit_compile = jit_compile
     causal_lm.generate_function = None
+    return causal_lm
+
+
+def keras_hub_generate(causal_lm, prompts, n: int) -> list[int]:
+    "n greedy tokens after each prompt (equal lengths); the first row's."
+    ids = np.array(prompts, "int32")
+    tokens = np.concatenate([ids, np.zeros((len(ids), n), "int32")], axis=1)
+    mask = np.concatenate([np.ones_like(ids, bool), np.zeros((len(ids), n), bool)], axis=1)
+    out = causal_lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
+    return np.asarray(out["token_ids"])[0, ids.shape[1]:].tolist()
+
+
+def worker_keras_hub(model_dir: Path, dtype: str, new_tokens: int, run: dict, jit_compile: bool = False, **_) -> dict:
+    baseline, begin = _peak_rss(), time.perf_counter()
+    hf = json.loads((model_dir / "config.json").read_text())
+    causal_lm = keras_hub_causal_lm(model_dir, dtype, jit_compile)
     load_s = time.perf_counter() - begin
 
     def generate(prompts, n):
-        ids = np.array(prompts, "int32")
-        tokens = np.concatenate([ids, np.zeros((len(ids), n), "int32")], axis=1)
-        mask = np.concatenate([np.ones_like(ids, bool), np.zeros((len(ids), n), bool)], axis=1)
-        out = causal_lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
-        return np.asarray(out["token_ids"])[0, ids.shape[1]:].tolist()
+        return keras_hub_generate(causal_lm, prompts, n)
     # Under XLA every new input shape compiles first (minutes on this CPU), so the jit run measures fewer
     # tokens and batch 1 only; best of 2 leaves the compilation out.
     measured = _measure(generate, hf["vocab_size"], 8 if jit_compile else new_tokens,
                         **{**run, "batches": (1,)} if jit_compile else run)
+    import keras
+
     keras.backend.clear_session()
     return {**measured, "baseline_rss": baseline, "load_s": load_s}
 

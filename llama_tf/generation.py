@@ -21,6 +21,7 @@ from llama_tf.model import _blocks, call_with_cache, new_cache
 __all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
+GREEDY_STEPS = 16  # greedy decode steps per compiled call on JAX
 
 
 def _is_int(value) -> bool:
@@ -46,10 +47,13 @@ class Sampler:
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        "(batch, vocab) float logits -> (batch,) int32 token ids."
+    def __call__(self, logits) -> np.ndarray:
+        """(batch, vocab) float logits, NumPy or a backend tensor -> (batch,) int32 token ids. Greedy
+        picks on the device, so that only the ids come back (at batch 64 and 128k tokens, the logits
+        are 32 MB a step); sampling brings the logits to NumPy."""
         if self.temperature == 0:
-            return np.argmax(logits, axis=-1).astype("int32")
+            return to_numpy(keras.ops.argmax(logits, axis=-1)).astype("int32")
+        logits = to_numpy(logits)
         logits = np.asarray(logits, "float64") / self.temperature
         order = np.argsort(-logits, axis=-1, kind="stable")                # most likely first
         if self.top_k:
@@ -107,6 +111,32 @@ def compiled_step(model: keras.Model):
     raise ValueError(f"llama_tf decodes on the tensorflow, jax and torch backends, not {backend!r}")
 
 
+def compiled_greedy_steps(model: keras.Model):
+    """On JAX, `steps(ids, cache, index, start, n) -> (tokens (n, batch), cache)`: n greedy decode steps
+    in one compiled loop (`lax.fori_loop`), each feeding the token the last one picked, so the host
+    waits once per n tokens instead of once per token. None on the other backends."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    variables = model.variables
+
+    def pure(values, ids, cache, index, start, n):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            def body(i, carry):
+                ids, cache, tokens = carry
+                logits, cache = call_with_cache(model, ids, cache, index + i, start)
+                picked = jax.numpy.argmax(logits, axis=-1).astype("int32")
+                return picked[:, None], cache, tokens.at[i].set(picked)
+
+            tokens = jax.numpy.zeros((n, ids.shape[0]), "int32")
+            _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
+        return tokens, cache
+
+    jitted = jax.jit(pure, static_argnums=5, donate_argnums=2)
+    return lambda ids, cache, index, start, n: jitted([v.value for v in variables], ids, cache, index, start, n)
+
+
 class Decoder:
     """Generates token ids for a batch of prompts with a key/value cache: one compiled step
     (`compiled_step`) runs both the prefill (every prompt, left-padded to the longest) and each
@@ -115,6 +145,7 @@ class Decoder:
     def __init__(self, model: keras.Model, max_seq_len: int):
         self.model, self.max_seq_len = model, max_seq_len
         self.step = compiled_step(model)
+        self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
 
@@ -158,17 +189,28 @@ class Decoder:
         # generated, not `max_new_tokens` or the context length.
         logits, cache = self.step(ids, new_cache(self.model, len(prompts), 0), np.int32(0), start)
         capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK))
-        finished = budget == 0
-        for step in range(int(budget.max())):
-            next_ids = np.where(finished, -1, sampler(to_numpy(logits)))
-            yield next_ids
-            finished |= np.isin(next_ids, stop_ids) | (step + 1 >= budget)
-            if finished.all():
-                return
-            if width + step >= capacity:
-                capacity = _grow(cache, capacity, min(slots, 2 * capacity))
-            fed = np.maximum(next_ids, 0)[:, None]                          # finished rows feed a dummy 0
-            logits, cache = self.step(fed, cache, np.int32(width + step), start)
+        # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
+        chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 else 1
+        finished, step = budget == 0, 0
+        tokens = sampler(logits)[None]                 # (steps, batch): picked, not yet yielded
+        while True:
+            for picked in tokens:
+                next_ids = np.where(finished, -1, picked)
+                yield next_ids
+                step += 1
+                finished |= np.isin(next_ids, stop_ids) | (step >= budget)
+                if finished.all():
+                    return
+            slot = width + step - 1                    # where the last token yielded goes
+            if slot + chunk > capacity:
+                capacity = _grow(cache, capacity, max(slot + chunk, min(slots, 2 * capacity)))
+            fed = np.maximum(next_ids, 0)[:, None]     # finished rows feed a dummy 0
+            if chunk == 1:
+                logits, cache = self.step(fed, cache, np.int32(slot), start)
+                tokens = sampler(logits)[None]
+            else:
+                tokens, cache = self.greedy_steps(fed, cache, np.int32(slot), start, chunk)
+                tokens = to_numpy(tokens)
 
 
 def _grow(cache: list, length: int, wanted: int) -> int:
