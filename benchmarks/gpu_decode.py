@@ -140,7 +140,7 @@ def make_weights(model_dir: Path, shape: str, **_) -> dict:
     from llama_tf.formats.hf import hf_config
 
     torch.manual_seed(0)
-    config = LlamaConfig(**hf_config(Config(**SHAPES[shape], max_seq_len=4096)), initializer_range=0.05)
+    config = LlamaConfig(**hf_config(Config(**{**SHAPES[shape], "max_seq_len": 4096})), initializer_range=0.05)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir, max_shard_size="20GB")
     return {}
 
