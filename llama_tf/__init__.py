@@ -25,6 +25,7 @@ Modules:
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
 - `llama_tf.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
+- `llama_tf.sentencepiece_library`: LLaMA's SentencePiece tokenizer through the `sentencepiece` library alone, for machines without TensorFlow (a JAX or PyTorch GPU box): the ids and text of `SentencePieceTokenizer` (notebook 01, which runs the same model as `tensorflow_text` ops), with the `Tokenizer` interface on Python lists. `Tokenizer(path)` picks it when `tensorflow_text` cannot be imported.
 - `llama_tf.sentencepiece_tokenizer`: LLaMA's SentencePiece tokenizer as TensorFlow ops: text to int32 ids and back, eagerly, in `tf.function` and in `tf.data`.
 - `llama_tf.tiktoken_tokenizer`: Llama 3's tokenizer: byte-level BPE over `tiktoken` ranks, with Meta's pre-split regex and 256 special tokens.
 - `llama_tf.tiled_attention`: Blockwise causal attention with an online softmax: the result of `Attention.attend`, in memory linear in the sequence length.

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_tf.hf_tokenizer import HFTokenizer
-from llama_tf.sentencepiece_tokenizer import SentencePieceTokenizer
+from llama_tf.tokenizer import sentencepiece_kind
+
+SentencePieceTokenizer = sentencepiece_kind()   # TensorFlow's ops where installed, else the library
 
 __all__ = ["GGUFSentencePieceTokenizer", "GGUFBytePairTokenizer", "Llama2cTokenizer", "gguf_tokenizer_kind"]
 

@@ -90,7 +90,7 @@ def evaluate(llm, text: str, context: int | None = None, stride: int | None = No
     """Score `text` with a loaded `llama_tf.LLM`. `context` defaults to the model's `max_seq_len`."""
     if not text:
         raise ValueError("cannot evaluate an empty text")
-    ids = llm.tokenizer.tokenize(text).numpy()
+    ids = np.asarray(llm.tokenizer.prompt_ids(text), np.int32)
     if llm.tokenizer.add_bos:
         ids = ids[1:]
     context = context or llm.config.max_seq_len

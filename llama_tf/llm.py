@@ -125,7 +125,7 @@ class LLM:
             raise ValueError("prompt must be a string or a list of strings")
         if stream and not single:
             raise ValueError("stream=True generates one prompt at a time; pass a string")
-        rows = [self.tokenizer.tokenize(p).numpy().tolist() for p in prompts]
+        rows = [self.tokenizer.prompt_ids(p) for p in prompts]
         steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids)
         streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
         if stream:

@@ -9,10 +9,14 @@
 | llama2.c's `tokenizer.bin` | `Llama2cTokenizer` | as SentencePiece |
 
 Every kind has `tokenize` (text -> int32 ids, a `tf.RaggedTensor` for a batch, usable in `tf.function`
-and `tf.data`), `detokenize`, `encode`/`decode` on Python lists, `id_to_string`, `vocab_size`, `bos_id`,
+and `tf.data`), `detokenize`, `encode`/`decode` and `prompt_ids` on Python lists, `id_to_string`, `vocab_size`, `bos_id`,
 `eos_id`, `stop_ids` (the ids that end a reply) and `apply_chat_template` (see `llama_tf.chat`).
 Text that looks like a special token (`<|eot_id|>`, `</s>`) is always encoded as plain text: only
 `apply_chat_template` places special tokens.
+
+TensorFlow is imported only for `tokenize` and for tensors given to `detokenize`: on a machine without
+it (a JAX or PyTorch GPU box) the lists work, and a SentencePiece model is read by the `sentencepiece`
+library itself (`SentencePieceLibraryTokenizer`, the same ids).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
+import sys
 
-__all__ = ["Tokenizer", "TokenizerError", "tokenizer_kind"]
+import numpy as np
+
+__all__ = ["Tokenizer", "TokenizerError", "tokenizer_kind", "sentencepiece_kind"]
 
 
 class TokenizerError(ValueError):
@@ -58,6 +63,17 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
     if head.lstrip().startswith(b"{"):
         from llama_tf.hf_tokenizer import HFTokenizer
         return HFTokenizer
+    return sentencepiece_kind()
+
+
+def sentencepiece_kind() -> type[Tokenizer]:
+    """`SentencePieceTokenizer` (TensorFlow ops, notebook 01) where `tensorflow_text` imports, else
+    `SentencePieceLibraryTokenizer` (the `sentencepiece` library alone, the same ids)."""
+    try:
+        import tensorflow_text  # noqa: F401
+    except ImportError:
+        from llama_tf.sentencepiece_library import SentencePieceLibraryTokenizer
+        return SentencePieceLibraryTokenizer
     from llama_tf.sentencepiece_tokenizer import SentencePieceTokenizer
     return SentencePieceTokenizer
 
@@ -125,6 +141,10 @@ class Tokenizer:
     def _with_specials(self, ids: list[int]) -> list[int]:
         return [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
 
+    def prompt_ids(self, text: str) -> list[int]:
+        "The ids of `text` with BOS/EOS as `add_bos`/`add_eos` say (what `tokenize` gives), as a list."
+        return self._with_specials(self.encode(text))
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         "`encode` of each text."
         return [self.encode(t) for t in texts]
@@ -137,6 +157,8 @@ class Tokenizer:
 
     def tokenize(self, text):
         "str -> int32 ids (1-D); list/1-D tensor of str -> `tf.RaggedTensor` (batch, None)."
+        import tensorflow as tf
+
         if isinstance(text, str):
             return tf.constant(self._with_specials(self.encode(text)), tf.int32)
         if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
@@ -160,12 +182,14 @@ class Tokenizer:
     def detokenize(self, ids):
         """ids -> str (1-D ids) or list of str (a batch); a `tf.string` tensor inside a graph. Special tokens
         are left out, so `detokenize(tokenize(text)) == text`; `decode` writes them out."""
-        if tf.executing_eagerly() and not tf.is_tensor(ids):
+        if not _is_tf_tensor(ids) and _executing_eagerly():
             if isinstance(ids, np.ndarray):
                 ids = ids.tolist()
             if len(ids) and not np.isscalar(ids[0]):
                 return [self._plain_text(_ids(row)) for row in ids]
             return self._plain_text(_ids(ids))
+        import tensorflow as tf
+
         if isinstance(ids, tf.RaggedTensor):
             if tf.executing_eagerly():
                 return [self._plain_text(row) for row in ids.to_list()]
@@ -212,6 +236,16 @@ def read_model(model: str | Path | bytes, default_name: str) -> tuple[bytes, str
 def _text(value) -> str:
     "A `tf.string` element (bytes) as text; bytes that are not UTF-8 become U+FFFD, as tiktoken does."
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _is_tf_tensor(value) -> bool:
+    return type(value).__module__.split(".")[0] == "tensorflow"
+
+
+def _executing_eagerly() -> bool:
+    "Outside a `tf.function` (always, where TensorFlow was never imported)."
+    tf = sys.modules.get("tensorflow")
+    return tf is None or tf.executing_eagerly()
 
 
 def _ids(ids) -> list[int]:
