@@ -28,6 +28,14 @@ def test_environment_yml_and_pyproject_declare_the_same_dependencies():
     assert project["requires-python"] == ">=3.11"
 
 
+def test_tensorflow_is_an_extra():
+    "A JAX or PyTorch machine installs llama_tf[jax] / [torch] without TensorFlow (tests/test_without_tensorflow.py)."
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [r for r in project["dependencies"] if r.startswith("tensorflow")]
+    assert {_normalise(r).split(">")[0] for r in project["optional-dependencies"]["tensorflow"]} == {
+        "tensorflow", "tensorflow-text"}
+
+
 def test_notebooks_export_exactly_the_committed_modules(tmp_path):
     "Re-export every notebook with nbdev into a copy of the project: llama_tf/ must come out identical."
     exporter = shutil.which("nbdev-export", path=str(Path(sys.executable).parent)) or shutil.which("nbdev-export")
