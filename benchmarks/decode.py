@@ -373,17 +373,18 @@ TASKS = {**WORKERS, "quantize": quantize, "make_hf_weights": make_hf_weights, "m
          "make_gguf": make_gguf}
 
 
-def run_task(task: str, timeout: float | None = None, **kwargs) -> dict:
-    "Runs `task` in a fresh Python process; its result, or {'error': ...}."
-    command = [sys.executable, __file__, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
+def run_task(task: str, timeout: float | None = None, script: str = __file__, **kwargs) -> dict:
+    "Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process; its result, or {'error': ...}."
+    command = [sys.executable, script, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # llama_tf, installed or not
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path})
     except subprocess.TimeoutExpired:
         return {"error": f"{task} did not finish in {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
     return json.loads(lines[-1])
 
 

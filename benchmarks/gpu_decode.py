@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import decode  # noqa: E402
 from decode import SHAPES, keras_hub_causal_lm, keras_hub_generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,17 +151,7 @@ TASKS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers,
 
 
 def run_task(task: str, timeout: float | None = None, **kwargs) -> dict:
-    "Runs `task` in a fresh Python process; its result, or {'error': ...}."
-    command = [sys.executable, __file__, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
-    except subprocess.TimeoutExpired:
-        return {"error": f"{task} did not finish in {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    return json.loads(lines[-1])
+    return decode.run_task(task, timeout, script=__file__, **kwargs)
 
 
 def weight_bytes(model_dir: Path) -> int:
