@@ -2,8 +2,9 @@
 
 `Decoder` runs the prompt through the model once and then one token per step on a key/value cache, in
 one step compiled the way the Keras backend wants (`compiled_step`: a `tf.function` on TensorFlow, a
-`jax.jit` on JAX, eager PyTorch without autograd); `Sampler` picks each token (greedy, temperature, top-k, top-p, seeded); `TextStream`
-turns ids into text as they arrive, holding back incomplete UTF-8 and possible stop strings.
+`jax.jit` on JAX, eager PyTorch without autograd); `Sampler` picks each token (greedy, temperature,
+top-k, top-p, seeded); `TextStream` turns ids into text as they arrive, holding back incomplete UTF-8
+and possible stop strings.
 `LLM.generate` (in `llama_tf.llm`) puts these together; notebook 06 explains the cache they run on.
 """
 
@@ -91,22 +92,15 @@ def compiled_step(model: keras.Model):
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
         signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        step = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
-                           input_signature=signature)
-        return lambda ids, cache, index, start: step(ids, new_cache(model, len(ids), 0) if cache is None else cache,
-                                                     index, start)
+        traced = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
+                             input_signature=signature)
+        return lambda ids, cache, index, start: traced(ids, new_cache(model, len(ids), 0) if cache is None else cache,
+                                                       index, start)
     if backend == "jax":
-        import jax
-
-        variables = model.variables
-
-        def pure(values, ids, cache, index, start):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                cache = new_cache(model, ids.shape[0], 0) if cache is None else cache
-                return call_with_cache(model, ids, cache, index, start)
-
-        jitted = jax.jit(pure, donate_argnums=2)
-        return lambda ids, cache, index, start: jitted([v.value for v in variables], ids, cache, index, start)
+        def step(ids, cache, index, start):
+            return call_with_cache(model, ids, new_cache(model, ids.shape[0], 0) if cache is None else cache,
+                                   index, start)
+        return _jit_with_weights(model, step, donated=1)
     if backend == "torch":
         def eager(ids, cache, index, start):
             tensor = keras.ops.convert_to_tensor
@@ -125,22 +119,33 @@ def compiled_greedy_steps(model: keras.Model):
         return None
     import jax
 
+    def steps(ids, cache, index, start, n):
+        def body(i, carry):
+            ids, cache, tokens = carry
+            logits, cache = call_with_cache(model, ids, cache, index + i, start)
+            picked = jax.numpy.argmax(logits, axis=-1).astype("int32")
+            return picked[:, None], cache, tokens.at[i].set(picked)
+
+        tokens = jax.numpy.zeros((n, ids.shape[0]), "int32")
+        _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
+        return tokens, cache
+    return _jit_with_weights(model, steps, donated=1, static=4)
+
+
+def _jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = None):
+    """`jax.jit` of `fn(*args)`, which calls `model`, with the model's weights passed in as arguments
+    (bound by a `keras.StatelessScope`) rather than baked into the program as constants. `fn`'s
+    argument number `donated` gives its buffers to the result; number `static` is a Python value."""
+    import jax
+
     variables = model.variables
 
-    def pure(values, ids, cache, index, start, n):
+    def pure(values, *args):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            def body(i, carry):
-                ids, cache, tokens = carry
-                logits, cache = call_with_cache(model, ids, cache, index + i, start)
-                picked = jax.numpy.argmax(logits, axis=-1).astype("int32")
-                return picked[:, None], cache, tokens.at[i].set(picked)
+            return fn(*args)
 
-            tokens = jax.numpy.zeros((n, ids.shape[0]), "int32")
-            _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
-        return tokens, cache
-
-    jitted = jax.jit(pure, static_argnums=5, donate_argnums=2)
-    return lambda ids, cache, index, start, n: jitted([v.value for v in variables], ids, cache, index, start, n)
+    jitted = jax.jit(pure, donate_argnums=donated + 1, static_argnums=() if static is None else static + 1)
+    return lambda *args: jitted([v.value for v in variables], *args)
 
 
 class Decoder:
