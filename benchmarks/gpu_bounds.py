@@ -3,10 +3,12 @@ shape, bfloat16, Keras on JAX), each the best of 20 after a compiling call.
 
     KERAS_BACKEND=jax python benchmarks/gpu_bounds.py        # results/gpu/bounds.json holds one H100 run
 
-- prefill: llama_tf's reference attention over 2,048 tokens (one layer) against JAX's fused attention
-  (`jax.nn.dot_product_attention`, cuDNN and XLA), and one feed-forward-sized product for scale;
+- prefill: llama_tf's reference attention over 2,048 tokens (one layer) and its fused path
+  (`attention_impl="fused"`, with the prefill's mask) against JAX's fused attention
+  (`jax.nn.dot_product_attention`, causal, cuDNN and XLA), and one feed-forward-sized product for scale;
 - decode: the tied output projection as the model computes it, the same product written plainly, and
-  the time to read the embedding once at a 3.0 TB/s copy rate.
+  the time to read the embedding once at a 3.0 TB/s copy rate;
+- agreement: a 2,048-token prompt's bfloat16 logits, through each attention path, against float32's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def main() -> dict:
     slots = jnp.arange(length)
     mask = llama_tf.visible_keys(slots, slots)
     out = {"reference attend 2048, one layer (ms)": best(jax.jit(lambda q, k, v: attention.attend(q, k, v, mask)), q, k, v)}
+    fused = llama_tf.Attention(config.dim, config.n_heads, config.n_kv_heads, attention_impl="fused", dtype="bfloat16")
+    padded = llama_tf.visible_keys(slots, slots, jnp.zeros((1,), "int32"))   # a prefill's mask: left padding of 0
+    out["llama_tf attend_fused 2048 (cuDNN, the prefill's mask), one layer (ms)"] = best(
+        jax.jit(lambda q, k, v: fused.attend_fused(q, k, v, padded)), q, k, v)
     k_seq, v_seq = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)   # (batch, seq, heads, head_dim)
     for implementation in ("cudnn", "xla"):
         fused = jax.jit(lambda q, k, v, i=implementation: jax.nn.dot_product_attention(q, k, v, is_causal=True,
@@ -72,6 +78,26 @@ def main() -> dict:
     out["decode: tied output projection (ms)"] = best(jax.jit(project), values, h)
     out["decode: h @ E.T plain (ms)"] = best(jax.jit(lambda h, e: h @ e.T), h, values[0])
     out["bound: read the embedding once (ms)"] = 1e3 * values[0].size * 2 / COPY_RATE
+    out.update(prefill_agreement(config))
+    return out
+
+
+def prefill_agreement(config, length: int = 2048) -> dict:
+    """How far bfloat16 logits of one 2,048-token prompt are from float32 ones (same random weights),
+    through the reference attention and through the fused one: max |Δ| ÷ max |float32 logit|, and the
+    share of positions whose greedy token is float32's."""
+    float32 = build_llama(config, dtype="float32")
+    ids = np.random.default_rng(1).integers(3, config.vocab_size, (1, length))
+    exact = np.asarray(float32.predict_on_batch(ids))[0]
+    out = {}
+    for impl in ("reference", "fused"):
+        model = build_llama(config, dtype="bfloat16", attention_impl=impl)
+        model.set_weights(float32.get_weights())
+        logits = np.asarray(model.predict_on_batch(ids), "float32")[0]
+        out[f"prefill {length}, bf16 {impl}: max |logit - float32| / scale"] = float(
+            np.abs(logits - exact).max() / np.abs(exact).max())
+        out[f"prefill {length}, bf16 {impl}: greedy tokens equal to float32's"] = float(
+            (logits.argmax(-1) == exact.argmax(-1)).mean())
     return out
 
 

@@ -35,7 +35,7 @@ from decode import SHAPES, keras_hub_causal_lm, keras_hub_generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_SHAPES = ["tinyllama-1.1b", "llama3.2-1b"]
-PEERS = ["llama_tf", "transformers", "transformers_compiled", "keras_hub"]
+PEERS = ["llama_tf", "transformers", "transformers_compiled", "keras_hub"]   # also: llama_tf_reference
 PROMPTS, BATCHES = (128, 2048), (1, 8, 64)
 
 
@@ -71,14 +71,15 @@ def measure(generate, vocab: int, new_tokens: int, prompts=PROMPTS, batches=BATC
 # ---------------------------------------------------------------------------------------------------
 # Workers: each runs in its own process and prints one JSON line.
 
-def worker_llama_tf(model_dir: Path, new_tokens: int, **_) -> dict:
+def worker_llama_tf(model_dir: Path, new_tokens: int, attention_impl: str = "fused", **_) -> dict:
+    "llama_tf on JAX, prompts through cuDNN's fused attention (`llama_tf_reference`: the reference path)."
     os.environ["KERAS_BACKEND"] = "jax"
     from llama_tf.formats import read_checkpoint
     from llama_tf.generation import Decoder, Sampler
     from llama_tf.loading import build_model
 
     checkpoint = read_checkpoint(model_dir)
-    model = build_model(checkpoint, dtype="bfloat16", progress=False)
+    model = build_model(checkpoint, dtype="bfloat16", progress=False, attention_impl=attention_impl)
     decoder = Decoder(model, max_seq_len=4096)
 
     def generate(prompts, n):
@@ -147,7 +148,9 @@ def make_weights(model_dir: Path, shape: str, **_) -> dict:
 
 TASKS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers,
          "transformers_compiled": lambda **kw: worker_transformers(compiled=True, **kw),
-         "keras_hub": worker_keras_hub, "bandwidth": worker_bandwidth, "make_weights": make_weights}
+         "keras_hub": worker_keras_hub,
+         "llama_tf_reference": lambda **kw: worker_llama_tf(attention_impl="reference", **kw),
+         "bandwidth": worker_bandwidth, "make_weights": make_weights}
 
 
 def run_task(task: str, timeout: float | None = None, **kwargs) -> dict:
@@ -234,10 +237,10 @@ def main(argv=None) -> int:
             row = {"shape": shape, "peer": peer, "per_token": weight_bytes(model_dir), **result}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.json:   # after every row, so that a run cut short keeps what it measured
+                args.json.write_text(json.dumps({**device, "rows": rows}, indent=1))
     print()
     print(report(rows, device.get("copy_rate", float("nan"))))
-    if args.json:
-        args.json.write_text(json.dumps({**device, "rows": rows}, indent=1))
     return 0
 
 

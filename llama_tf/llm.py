@@ -65,7 +65,9 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any
     stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
     softmax). `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
-    tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically.
+    tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically;
+    `attention_impl="fused"` sends prompts to the backend's fused kernel (cuDNN's flash attention on a
+    JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`).
     """
     if path is None:
         path = os.environ.get(WEIGHTS_ENV)

@@ -307,7 +307,7 @@ def parser() -> ArgumentParser:
     f.add_argument("--lr", type=number(float, above=0), default=1e-3)
     f.add_argument("--min-lr", type=number(float, above=0), default=1e-4)
     f.add_argument("--warmup-steps", type=number(int, 0), default=100)
-    f.add_argument("--weight-decay", type=number(float, 0, below=1), default=0.1)
+    f.add_argument("--weight-decay", type=number(float, 0), default=0.1)
     f.add_argument("--beta2", type=number(float, 0, below=1), default=0.99)
     f.add_argument("--clip-norm", type=number(float, above=0), default=1.0)
     f.add_argument("--dropout", type=number(float, 0, below=1), default=0.2)

@@ -14,7 +14,7 @@ bash scripts/setup.sh
 for backend in jax torch; do
     echo "== the parity and training tests on KERAS_BACKEND=$backend"
     KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_layers.py tests/test_parity.py \
-        tests/test_generation.py tests/test_train.py
+        tests/test_generation.py tests/test_fused_attention.py tests/test_train.py
 done
 
 # `-k ipynb` selects the notebooks' cells from the whole suite, so tests/conftest.py (kernel profile, skips)

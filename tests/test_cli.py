@@ -6,6 +6,7 @@ argument that names a file or folder is given one that is missing or of the wron
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 
@@ -116,3 +117,29 @@ def test_from_a_shell_an_error_is_the_only_line(name, tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+
+
+def documented_commands():
+    "Every `python -m llama_tf…` command in the READMEs' bash blocks, joined across `\\` line ends."
+    for readme in (ROOT / "README.md", ROOT / "weights" / "README.md"):
+        blocks = readme.read_text().split("```bash")[1:]
+        text = "\n".join(block.split("```")[0] for block in blocks).replace("\\\n", " ")
+        for line in text.splitlines():
+            words = shlex.split(line, comments=True)
+            while words and "=" in words[0]:       # KERAS_BACKEND=jax python -m …
+                words.pop(0)
+            if words[:2] == ["python", "-m"] and words[2] in CLIS:
+                yield readme.name, words[2], words[3:]
+
+
+@pytest.mark.parametrize("readme, name, argv", list(documented_commands()))
+def test_documented_commands_parse(readme, name, argv):
+    "What the READMEs tell users to type is accepted (the model card's `--weight-decay 1.0` once was not)."
+    try:
+        CLIS[name].parser().parse_args(argv)
+    except SystemExit as exit:     # --help exits 0; a refused argument exits 2
+        assert exit.code == 0, f"{readme}: python -m {name} {' '.join(argv)}"
+
+
+def test_the_readmes_document_both_command_lines():
+    assert {name for _, name, _ in documented_commands()} == set(CLIS)

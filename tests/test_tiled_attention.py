@@ -75,5 +75,5 @@ def test_cached_generation_is_unaffected(checkpoint):
 
 
 def test_unknown_attention_impl_is_refused():
-    with pytest.raises(ValueError, match="attention_impl must be 'reference' or 'tiled', got 'flash'"):
+    with pytest.raises(ValueError, match="attention_impl must be one of reference, tiled, fused, got 'flash'"):
         llama_tf.Attention(dim=64, n_heads=4, attention_impl="flash")
