@@ -58,7 +58,7 @@ def open_tokenizer(checkpoint, path: str | Path, tokenizer: str | Path | Tokeniz
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
          dtype: str = "float32", max_seq_len: int | None = None, progress: bool | None = None,
-         attention_impl: str = "reference", block_size: int = 512) -> LLM:
+         attention_impl: str = "reference", block_size: int = 512, mesh=None) -> LLM:
     """Load a LLaMA checkpoint (Meta or Hugging Face layout, detected) with its tokenizer.
 
     `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable, else the project's default model
@@ -67,7 +67,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     softmax). `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
     tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically;
     `attention_impl="fused"` sends prompts to the backend's fused kernel (cuDNN's flash attention on a
-    JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`).
+    JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`). `mesh` (JAX, a
+    `llama_tf.device_mesh(...)`) splits the weights over several devices (`llama_tf.distribution`).
     """
     if path is None:
         path = os.environ.get(WEIGHTS_ENV)
@@ -87,7 +88,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {config.vocab_size} embeddings"
         )
 
-    model = build_model(checkpoint, dtype=dtype, progress=progress, attention_impl=attention_impl, block_size=block_size)
+    model = build_model(checkpoint, dtype=dtype, progress=progress, mesh=mesh, attention_impl=attention_impl,
+                        block_size=block_size)
     return LLM(config, tokenizer, model)
 
 

@@ -9,6 +9,7 @@ infinite values are reported, as it is read.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from functools import partial
@@ -137,9 +138,12 @@ def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef],
             bar.update()
 
 
-def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None, **options):
+def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None, mesh=None,
+                **options):
     """The checkpoint's model with its weights, `build_llama(checkpoint.config, dtype, **options)`
-    (options: `attention_impl`, `block_size`) initialised from the file.
+    (options: `attention_impl`, `block_size`) initialised from the file. With `mesh` (a Keras
+    `DeviceMesh`, JAX only), the weights are split over its devices by `llama_tf.distribution`'s
+    layout, each tensor going from the file straight to its shards.
 
     The model is built inside Keras' `StatelessScope`, which creates the variables without computing
     their random initial values; each is then initialised straight from its checkpoint tensor, one at a
@@ -152,14 +156,19 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
 
     config = checkpoint.config
     validate(checkpoint)
+    distribution = contextlib.nullcontext()
+    if mesh is not None:
+        from llama_tf.distribution import model_parallel
+
+        distribution = model_parallel(mesh, config).scope()
     bar = None
     try:
-        with keras.StatelessScope():   # variables created in here are initialised when it exits
+        with distribution, keras.StatelessScope():   # variables created in here are initialised when it exits
             model = build_llama(config, dtype=dtype, **options)
             loaders = _checked_loaders(model, config, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
-                variable._initializer = lambda shape, dtype, load=load: (load(), bar.update())[0]
+                variable._initializer = partial(_initial_value, load, bar)
             # Keras initialises them at the scope's exit, in this list's order: largest first, so that a
             # tensor's transient copies (file -> tensor -> transposed) come while little else is held.
             # Last are the per-layer tensors, the largest of which is a few percent of an embedding.
@@ -173,6 +182,18 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
         if bar is not None:
             bar.close()
     return model
+
+
+def _initial_value(load, bar, shape, dtype, layout=None):
+    """A variable's initializer: its checkpoint tensor. Under a distribution Keras passes the variable's
+    `layout`, and the tensor goes from host memory to its shards on the mesh Keras has set."""
+    value = load()
+    bar.update()
+    if layout is None:
+        return value
+    import jax
+
+    return jax.device_put(value, layout.spec)
 
 
 def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",

@@ -174,6 +174,16 @@ def fit(args):
     stats = _read_json(data, "prepare.json", "prepare")
     tokenizer_proto = (data / TOKENIZER_FILE).read_bytes()
     ids = {name: np.load(data / f"{name}.npy") for name in SPLITS}
+    valid = fixed_windows(ids["valid"], BOS_ID, args.seq_len)
+    if args.data_parallel:   # every device holds the weights and takes a share of each batch
+        from llama_tf.distribution import data_parallel
+
+        distribution = data_parallel()
+        devices = distribution.device_mesh.devices.size
+        if args.batch_size % devices:
+            raise ValueError(f"--batch-size {args.batch_size} does not split evenly over {devices} devices")
+        valid = tuple(a[: len(a) // devices * devices] for a in valid)   # whole shares in the last batch too
+        keras.distribution.set_distribution(distribution)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "training.log")
 
@@ -200,7 +210,6 @@ def fit(args):
 
     RandomWindows = _windows_dataset(keras)
     train = RandomWindows(ids["train"], BOS_ID, args.seq_len, args.batch_size, args.eval_every, args.seed)
-    valid = fixed_windows(ids["valid"], BOS_ID, args.seq_len)
     valid_chars_per_token = stats["valid"]["chars_per_token"]
 
     class SaveBest(keras.callbacks.Callback):
@@ -228,6 +237,7 @@ def fit(args):
     model.fit(train, epochs=args.steps // args.eval_every, validation_data=valid, batch_size=args.batch_size,
               callbacks=[*ema, saver], verbose=args.verbose)
     log(f"training took {time.time() - saver.start:.0f} s; best val_loss {saver.best:.4f}")
+    keras.distribution.set_distribution(None)
 
     # The held-out split, scored once at the end with the saved (best, stored-precision) weights.
     from llama_tf.formats import read_checkpoint
@@ -314,6 +324,8 @@ def parser() -> ArgumentParser:
     f.add_argument("--ema", type=number(float, 0, below=1), default=0.0, help="momentum of an exponential moving average of the weights (0: off)")
     f.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     f.add_argument("--seed", type=number(int, 0), default=0)
+    f.add_argument("--data-parallel", action="store_true",
+                   help="split each batch over every device, a copy of the weights on each (JAX backend)")
     f.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1 if sys.stdout.isatty() else 2,
                    help="Keras fit verbosity: 1 = progress bar (default in a terminal), 2 = a line per evaluation")
     f.set_defaults(run=fit)
