@@ -18,6 +18,7 @@ the mesh with the weights copied from the first. Reported:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -44,6 +45,8 @@ def split_copy(model, config, mesh, **options):
         split = build_llama(config, dtype="bfloat16", **options)
         for target, source in zip(split.variables, model.variables):
             target._initializer = lambda shape, dtype, layout=None, source=source: jax.device_put(source.value, layout.spec)
+    for variable in split.variables:   # the initializers hold the first model's arrays
+        variable._initializer = None
     return split
 
 
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     mesh = llama_tf.device_mesh(model=len(devices))
     result["mesh"] = dict(zip(mesh.axis_names, mesh.shape))
     figures, split = agreement(config, mesh)
+    gc.collect()   # the one-device model
     result.update(figures)
     result["weights per device (GB)"] = {d: b / 1e9 for d, b in per_device_bytes(split).items()}
     result["memory in use per device, the split model alone (GB)"] = {

@@ -126,3 +126,9 @@ def test_data_parallel_fit_has_the_losses_of_one_device(tmp_path):
     assert main([*fit, "--out", str(tmp_path / "two"), "--data-parallel"]) == 0
     one, two = (json.loads((tmp_path / name / "history.json").read_text()) for name in ("one", "two"))
     np.testing.assert_allclose([h["loss"] for h in two], [h["loss"] for h in one], rtol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the JAX backend distributes")
+def test_other_backends_are_told_to_use_jax():
+    with pytest.raises(ValueError, match="runs on the JAX backend; set KERAS_BACKEND=jax"):
+        llama_tf.device_mesh()
