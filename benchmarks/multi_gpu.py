@@ -113,7 +113,6 @@ def main(argv=None) -> int:
         return [int(step[0]) for step in decoder(prompts, n, Sampler(), stop_ids=())]
     result.update(measure(generate, config.vocab_size, args.new_tokens, batches=(1, 8)))
     print(json.dumps(result), flush=True)
-    del split, decoder
     result.update(data_parallel_step())
     print(json.dumps(result, indent=1))
     if args.json:
