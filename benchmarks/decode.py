@@ -51,7 +51,7 @@ SHAPES = {  # LlamaConfig fields
                         rope_scaling={**LLAMA32_SCALING, "factor": 8.0}, **LLAMA3),
 }
 SHARDED = {"llama3.2-1b", "llama3.1-8b"}
-PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]
+PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]   # also: llama_tf_graph
 # The 8B model on 2 cores: a shorter prefill, fewer new tokens, batch 1, one timed run (minutes per peer).
 # In float32 it would need 30 GiB: bfloat16 only.
 RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16",))}
@@ -92,9 +92,11 @@ def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats:
     return result
 
 
-def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: int, run: dict, **_) -> dict:
+def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: int, run: dict,
+                    xla: bool | None = None, **_) -> dict:
+    "llama_tf's default decode route (`llama_tf_graph`: TensorFlow's decode steps in the graph, as before issue 13)."
     import llama_tf
-    from llama_tf.generation import Sampler
+    from llama_tf.generation import Decoder, Sampler
 
     baseline, begin = _peak_rss(), time.perf_counter()
     if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside
@@ -102,9 +104,10 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     else:
         llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
     load_s = time.perf_counter() - begin
+    decoder = Decoder(llm.model, llm.config.max_seq_len, xla=xla)
 
     def generate(prompts, n):
-        return [int(step[0]) for step in llm.decoder(prompts, n, Sampler(), stop_ids=())]
+        return [int(step[0]) for step in decoder(prompts, n, Sampler(), stop_ids=())]
     return {**_measure(generate, llm.config.vocab_size, new_tokens, **run), "baseline_rss": baseline, "load_s": load_s}
 
 
@@ -256,7 +259,8 @@ def worker_bandwidth(**_) -> dict:
 
 
 WORKERS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers, "keras_hub": worker_keras_hub,
-           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth}
+           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth,
+           "llama_tf_graph": lambda **kw: worker_llama_tf(xla=False, **kw)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,7 +505,7 @@ def main(argv=None) -> int:
             for peer in args.peers.split(","):
                 if peer == "keras_hub" and shape == "llama3.1-8b":
                     continue   # keras-hub's port reads the whole checkpoint into memory, in float32
-                if dtype in QUANTISED and peer not in ("llama_tf", "llama_cpp"):
+                if dtype in QUANTISED and peer not in ("llama_tf", "llama_tf_graph", "llama_cpp"):
                     continue   # the others read no GGUF
                 if peer == "llama_cpp" and not (model_dir / f"model-{dtype}.gguf").exists():
                     run_task("make_gguf", model_dir=model_dir, dtype=dtype, tokenizer=tokenizer)

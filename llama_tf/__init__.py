@@ -10,7 +10,6 @@ Modules:
 - `llama_tf.config`: `LlamaConfig`: the hyper-parameters of a LLaMA model, and how Meta's and Hugging Face's files spell them.
 - `llama_tf.convert`: `convert`: any checkpoint llama_tf reads, written as Hugging Face safetensors or as a GGUF file.
 - `llama_tf.distribution`: One model across several accelerators, through Keras' distribution API (JAX backend).
-- `llama_tf.distribution`: One model across several accelerators, through Keras' distribution API (JAX backend).
 - `llama_tf.embedded_tokenizers`: Tokenizers stored in other projects' files, run as the package's kinds: a GGUF file's vocabulary and llama2.c's `tokenizer.bin`. `Tokenizer("model.gguf")` and `Tokenizer("tokenizer.bin")` work alone.
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
 - `llama_tf.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.

@@ -202,10 +202,12 @@ class Attention(keras.layers.Layer):
 # %% ../notebooks/04_attention.ipynb #7b45c311
 def write_slots(cache, new, index):
     """cache (batch, heads, max_len, head_dim) with slots index, ..., index + seq - 1 replaced by
-    new (batch, heads, seq, head_dim); an empty cache (max_len 0) becomes `new`. TensorFlow
-    concatenates (on CPU it runs that several times faster than `ops.slice_update`); JAX and PyTorch
-    write in place with `ops.slice_update` (under `jax.jit` a slice at a traced index is not allowed)."""
-    if keras.backend.backend() == "tensorflow":
+    new (batch, heads, seq, head_dim); an empty cache (max_len 0) becomes `new`. A cache of free
+    length (TensorFlow's graph step, traced once for every length) is concatenated around the new
+    slots: on CPU that runs several times faster than `ops.slice_update` there. A cache of fixed length
+    (JAX, PyTorch, TensorFlow under XLA) is written in place by `ops.slice_update` (under XLA a slice at
+    a traced index is not allowed)."""
+    if cache.shape[2] is None:
         end = index + ops.shape(new)[2]
         return ops.concatenate([cache[:, :, :index], new, cache[:, :, end:]], axis=2)
     if cache.shape[2] == 0:

@@ -24,6 +24,7 @@ __all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
 GREEDY_STEPS = 16  # greedy decode steps per compiled call on JAX
+XLA_MAX_PARAMETERS = 500_000_000  # TensorFlow: XLA decode steps for float32 models below this (Decoder)
 
 
 def _is_int(value) -> bool:
@@ -76,8 +77,9 @@ def compiled_step(model: keras.Model):
     """`step(ids, cache, index, start) -> (logits, cache)`: `call_with_cache` compiled for the backend;
     `cache` None is the prefill's empty cache (made inside the compiled function on JAX).
 
-    - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once. (No XLA:
-      on CPU, jit_compile=True made a decode step many times slower.)
+    - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once, for the
+      prefill; decode steps on a cache held in `tf.Variable`s (`_in_place`) run under XLA instead,
+      compiled once per batch size and cache capacity, the new slots written in place.
     - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
       decode step's for each cache length (which grows in blocks, so a few). The weights go in as
       arguments, not as constants baked into the program, and the cache's buffers are donated, so
@@ -94,8 +96,14 @@ def compiled_step(model: keras.Model):
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
         traced = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
                              input_signature=signature)
-        return lambda ids, cache, index, start: traced(ids, new_cache(model, len(ids), 0) if cache is None else cache,
-                                                       index, start)
+        in_place = tf.function(functools.partial(_step_in_place, model), jit_compile=True)
+
+        def step(ids, cache, index, start):
+            if cache is not None and isinstance(cache[0][0], tf.Variable):
+                return in_place(ids, cache, index, start), cache
+            return traced(ids, new_cache(model, len(ids), 0) if cache is None else cache, index, start)
+        step.in_place = in_place   # for looking at its compilations
+        return step
     if backend == "jax":
         def step(ids, cache, index, start):
             return call_with_cache(model, ids, new_cache(model, ids.shape[0], 0) if cache is None else cache,
@@ -109,6 +117,16 @@ def compiled_step(model: keras.Model):
                 return call_with_cache(model, tensor(ids), cache, tensor(index), tensor(start))
         return eager
     raise ValueError(f"llama_tf decodes on the tensorflow, jax and torch backends, not {backend!r}")
+
+
+def _step_in_place(model: keras.Model, ids, cache: list, index, start):
+    """`call_with_cache` on a cache held in variables (TensorFlow): the fixed-length cache is read,
+    its new slots written by `slice_update`, and assigned back, which XLA does in place. Returns the logits."""
+    logits, updated = call_with_cache(model, ids, [(k.value(), v.value()) for k, v in cache], index, start)
+    for (key_variable, value_variable), (keys, values) in zip(cache, updated):
+        key_variable.assign(keys)
+        value_variable.assign(values)
+    return logits
 
 
 def compiled_greedy_steps(model: keras.Model):
@@ -153,8 +171,17 @@ class Decoder:
     (`compiled_step`) runs both the prefill (every prompt, left-padded to the longest) and each
     one-token decode step."""
 
-    def __init__(self, model: keras.Model, max_seq_len: int):
+    def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None):
+        """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
+        size and cache length, instead of in the graph step (traced once for every shape). XLA removes
+        the graph's per-op overhead but its CPU products are slower: measured on 2 cores, 1.47× the
+        graph's tokens/s at 134M parameters in float32, 0.89× at 1.1B, several times slower in
+        bfloat16. None (the default) uses it for float32 models below XLA_MAX_PARAMETERS."""
         self.model, self.max_seq_len = model, max_seq_len
+        if xla is None:
+            xla = (_blocks(model)[0].attention.compute_dtype == "float32"
+                   and model.count_params() < XLA_MAX_PARAMETERS)
+        self.in_place = xla and keras.backend.backend() == "tensorflow"
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
@@ -199,7 +226,7 @@ class Decoder:
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
         logits, cache = self.step(ids, None, np.int32(0), start)
-        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK))
+        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), self.in_place)
         # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
         chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 else 1
         finished, step = budget == 0, 0
@@ -214,7 +241,7 @@ class Decoder:
                     return
             slot = width + step - 1                    # where the last token yielded goes
             if slot + chunk > capacity:
-                capacity = _grow(cache, capacity, max(slot + chunk, min(slots, 2 * capacity)))
+                capacity = _grow(cache, capacity, max(slot + chunk, min(slots, 2 * capacity)), self.in_place)
             fed = np.maximum(next_ids, 0)[:, None]     # finished rows feed a dummy 0
             if chunk == 1:
                 logits, cache = self.step(fed, cache, np.int32(slot), start)
@@ -224,8 +251,17 @@ class Decoder:
                 tokens = to_numpy(tokens)
 
 
-def _grow(cache: list, length: int, wanted: int) -> int:
-    "Pad every layer's keys and values (batch, kv_heads, length, head_dim) to `wanted` slots, in whole blocks."
+def _grow(cache: list, length: int, wanted: int, in_place: bool = False) -> int:
+    """Pad every layer's keys and values (batch, kv_heads, length, head_dim) to at least `wanted` slots,
+    in whole blocks; `in_place` (TensorFlow): to a power of two (each length is an XLA compilation),
+    held in variables that the decode step writes in place."""
+    if in_place:
+        import tensorflow as tf
+
+        target = max(2 * CACHE_BLOCK, 1 << (wanted - 1).bit_length())
+        cache[:] = [(tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
+                    for keys, values in _pad(cache, target - length)]
+        return target
     target = -(-wanted // CACHE_BLOCK) * CACHE_BLOCK
     cache[:] = (_pad_jax if keras.backend.backend() == "jax" else _pad)(cache, target - length)
     return target

@@ -4,11 +4,12 @@ reproducible sampling that follows top-k / top-p, stop rules, and streaming that
 Tolerance (float32): max |Δlogits| <= 1e-4 × max |logits of the uncached model|.
 """
 
+import keras
 import numpy as np
 import pytest
 
 import llama_tf
-from llama_tf.generation import Sampler, TextStream
+from llama_tf.generation import Decoder, Sampler, TextStream, _grow, compiled_step
 from llama_tf.model import call_with_cache, new_cache
 from reference import hf_model, max_relative_error, write_hf
 
@@ -37,6 +38,37 @@ def test_every_decode_step_matches_the_uncached_model(llm):
         assert max_relative_error(logits[0], uncached) <= TOLERANCE
         ids.append(int(np.argmax(uncached)))
         logits, cache = call_with_cache(llm.model, np.array([ids[-1:]], "int32"), cache, len(ids) - 1, start)
+
+
+def test_the_compiled_step_matches_the_uncached_model_across_cache_growth(llm):
+    """`compiled_step` as the Decoder runs it: a prefill, then one-token steps on the grown cache (on
+    TensorFlow held in variables and compiled by XLA once per capacity), past the point where it grows."""
+    step = compiled_step(llm.model)
+    ids = tokens(llm, PROMPTS[0])
+    start = np.zeros(1, "int32")
+    logits, cache = step(np.array([ids], "int32"), None, np.int32(0), start)
+    in_place = keras.backend.backend() == "tensorflow"
+    capacity = first = _grow(cache, len(ids), len(ids) + 1, in_place)
+    while len(ids) < first + 4:
+        if len(ids) % 8 == 0 or len(ids) > first - 2:
+            uncached = np.asarray(llm.model(np.array([ids], "int32")))[0, -1]
+            assert max_relative_error(logits[0], uncached) <= TOLERANCE, len(ids)
+        ids.append(int(np.argmax(logits[0])))
+        if len(ids) > capacity:
+            capacity = _grow(cache, capacity, len(ids), in_place)
+        logits, cache = step(np.array([ids[-1:]], "int32"), cache, np.int32(len(ids) - 1), start)
+    assert capacity > first
+    if in_place:   # compiled once per capacity, not once per token
+        assert step.in_place.experimental_get_tracing_count() == 2
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the choice is TensorFlow's")
+def test_graph_decode_steps_give_what_xla_steps_give(llm):
+    "`Decoder(xla=False)` keeps TensorFlow's decode steps in the graph: the same tokens for a padded batch."
+    prompts = [tokens(llm, p) for p in PROMPTS]
+    graph = Decoder(llm.model, llm.config.max_seq_len, xla=False)
+    steps = [np.stack(list(decoder(prompts, 12, Sampler()))) for decoder in (graph, llm.decoder)]
+    np.testing.assert_array_equal(steps[0], steps[1])
 
 
 def test_cached_greedy_equals_uncached_greedy(llm):
