@@ -79,7 +79,7 @@ def compiled_step(model: keras.Model):
 
     - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once, for the
       prefill; decode steps on a cache held in `tf.Variable`s (`_in_place`) run under XLA instead,
-      compiled once per batch size and cache capacity, the new slots written in place.
+      compiled once per batch size and cache capacity.
     - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
       decode step's for each cache length (which grows in blocks, so a few). The weights go in as
       arguments, not as constants baked into the program, and the cache's buffers are donated, so
@@ -121,7 +121,10 @@ def compiled_step(model: keras.Model):
 
 def _step_in_place(model: keras.Model, ids, cache: list, index, start):
     """`call_with_cache` on a cache held in variables (TensorFlow): the fixed-length cache is read,
-    its new slots written by `slice_update`, and assigned back, which XLA does in place. Returns the logits."""
+    its new slots written by `slice_update`, and assigned back. Returns the logits. (The assignment is
+    not in place: a step's time grows with the cache's capacity, as the graph step's does with its
+    concatenation: on the 134M shape on 2 cores, 23 ms a token at 128 slots and 46 at 2,048, against
+    the graph step's 33 and 51.)"""
     logits, updated = call_with_cache(model, ids, [(k.value(), v.value()) for k, v in cache], index, start)
     for (key_variable, value_variable), (keys, values) in zip(cache, updated):
         key_variable.assign(keys)
@@ -254,7 +257,7 @@ class Decoder:
 def _grow(cache: list, length: int, wanted: int, in_place: bool = False) -> int:
     """Pad every layer's keys and values (batch, kv_heads, length, head_dim) to at least `wanted` slots,
     in whole blocks; `in_place` (TensorFlow): to a power of two (each length is an XLA compilation),
-    held in variables that the decode step writes in place."""
+    held in variables that the decode step assigns."""
     if in_place:
         import tensorflow as tf
 

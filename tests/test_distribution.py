@@ -84,6 +84,18 @@ def test_sharded_logits_equal_one_device_and_transformers(case):
 
 
 @needs_two
+def test_tied_embeddings_split_by_vocabulary(tmp_path, tiny_tokenizer_proto):
+    "With the output projection tied to the embedding (Llama 3.2), the vocabulary-split table serves both."
+    model = hf_model(num_key_value_heads=2, num_hidden_layers=1, tie_word_embeddings=True)
+    directory = write_hf(model, tmp_path / "tied", tiny_tokenizer_proto)
+    ids = np.random.default_rng(2).integers(3, 384, size=(2, 24))
+    split = llama_tf.load(directory, mesh=llama_tf.device_mesh(model=2))
+    table = split.model.get_layer("tok_embeddings").embeddings.value
+    assert tuple(table.sharding.spec) == ("model", None)
+    assert max_relative_error(split.model(ids), hf_logits(model, ids)) <= 1e-4
+
+
+@needs_two
 def test_sharded_greedy_generation_equals_one_device(case):
     _, directory = case
     prompts = [np.random.default_rng(1).integers(3, 384, n).tolist() for n in (30, 12)]
