@@ -36,6 +36,7 @@ import llama_tf  # noqa: E402
 from decode import SHAPES  # noqa: E402
 from gpu_decode import measure  # noqa: E402
 from llama_tf.generation import Decoder, Sampler  # noqa: E402
+from llama_tf.distribution import place  # noqa: E402
 from llama_tf.model import build_llama  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def split_copy(model, config, mesh, **options):
     with llama_tf.model_parallel(mesh, config).scope(), keras.StatelessScope():
         split = build_llama(config, dtype="bfloat16", **options)
         for target, source in zip(split.variables, model.variables):
-            target._initializer = lambda shape, dtype, layout=None, source=source: jax.device_put(source.value, layout.spec)
+            target._initializer = lambda shape, dtype, layout=None, source=source: place(source.value, layout)
     for variable in split.variables:   # the initializers hold the first model's arrays
         variable._initializer = None
     return split

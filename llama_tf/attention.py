@@ -125,13 +125,15 @@ class Attention(keras.layers.Layer):
             k, v = write_slots(cache[0], k, cache_index), write_slots(cache[1], v, cache_index)
         query_slots = (0 if cache_index is None else cache_index) + ops.arange(seq)
 
+        def mask():   # built inside the branch that uses it: a tiled prefill never holds (seq, keys)
+            return visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start)
+
         def direct():                                                  # (batch, seq, heads, head_dim)
-            return self.attend(q, k, v, visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start))
+            return self.attend(q, k, v, mask())
         if self.attention_impl == "tiled":   # a prefill longer than a block goes tile by tile
             out = branch(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start), direct)
         elif self.attention_impl == "fused":  # a prompt goes to the fused kernel, a decode step stays direct
-            mask = visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start)
-            out = branch(seq > 1, lambda: self.attend_fused(q, k, v, mask), direct)
+            out = branch(seq > 1, lambda: self.attend_fused(q, k, v, mask()), direct)
         else:
             out = direct()
         out = self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))

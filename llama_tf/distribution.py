@@ -50,7 +50,7 @@ LAYOUT = {
 def _require_jax() -> None:
     if keras.backend.backend() != "jax":
         raise ValueError("llama_tf distributes models with Keras' distribution API, which runs on the JAX "
-                           f"backend; set KERAS_BACKEND=jax before importing Keras (now {keras.backend.backend()!r})")
+                         f"backend; set KERAS_BACKEND=jax before importing Keras (now {keras.backend.backend()!r})")
 
 
 def device_mesh(model: int | None = None, devices: list | None = None) -> keras.distribution.DeviceMesh:
@@ -95,3 +95,13 @@ def data_parallel(devices: list | None = None) -> keras.distribution.DataParalle
     "Keras' `DataParallel` over `devices` (default: all): a copy of the weights on each, the batch split between them."
     _require_jax()
     return keras.distribution.DataParallel(devices=devices)
+
+
+def place(value, layout=None):
+    """`value` where a variable initializer that Keras passed `layout` must put it: split over the mesh's
+    devices by the layout's sharding (from host memory straight to the shards), or as it is without one."""
+    if layout is None:
+        return value
+    import jax
+
+    return jax.device_put(value, layout.spec)

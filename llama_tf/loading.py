@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llama_tf.config import LlamaConfig
+from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
 
@@ -189,11 +190,7 @@ def _initial_value(load, bar, shape, dtype, layout=None):
     `layout`, and the tensor goes from host memory to its shards on the mesh Keras has set."""
     value = load()
     bar.update()
-    if layout is None:
-        return value
-    import jax
-
-    return jax.device_put(value, layout.spec)
+    return place(value, layout)
 
 
 def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype: str = "float32",
