@@ -51,12 +51,15 @@ SHAPES = {  # LlamaConfig fields
                         rope_scaling={**LLAMA32_SCALING, "factor": 8.0}, **LLAMA3),
 }
 SHARDED = {"llama3.2-1b", "llama3.1-8b"}
-PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]   # also: llama_tf_graph
+PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]   # also: llama_tf_graph, llama_tf_jax, llama_tf_jax_xla
+# llama_tf on the JAX backend, in its own process: one-token products by the compiled kernel (llama_tf.kernels),
+# or with the kernels off, by XLA's.
+PEER_ENV = {"llama_tf_jax": {"KERAS_BACKEND": "jax"}, "llama_tf_jax_xla": {"KERAS_BACKEND": "jax", "LLAMA_TF_KERNELS": "0"}}
 # The 8B model on 2 cores: a shorter prefill, fewer new tokens, batch 1, one timed run (minutes per peer).
 # In float32 it would need 30 GiB: bfloat16 only.
 RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16",))}
 PREFILL_TOKENS, PROMPT_TOKENS, BATCH = 512, 32, 8
-QUANTISED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}   # made by llama.cpp from the float32 GGUF
+QUANTISED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}   # made by llama.cpp from the float32 GGUF
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,8 +102,8 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     from llama_tf.generation import Decoder, Sampler
 
     baseline, begin = _peak_rss(), time.perf_counter()
-    if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside
-        llm = llama_tf.load(model_dir / f"model-{dtype}.gguf", dtype="float32")
+    if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside; Q8_0 kept as it is, others dequantised
+        llm = llama_tf.load(model_dir / f"model-{dtype}.gguf", dtype="q8_0" if dtype == "q8_0" else "float32")
     else:
         llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
     load_s = time.perf_counter() - begin
@@ -243,6 +246,26 @@ def worker_llama_cpp(model_dir: Path, dtype: str, new_tokens: int, run: dict, **
     return {**_measure(generate, vocab, new_tokens, **run), "baseline_rss": baseline, "load_s": load_s}
 
 
+def worker_kernel_bandwidth(**_) -> dict:
+    "Read rate (bytes/s) of llama_tf's compiled float32 matrix-vector kernel on a 256 MiB matrix (JAX)."
+    import jax
+
+    from llama_tf import kernels
+
+    if not kernels.available():
+        return {"error": "the kernels could not be built"}
+    matrix = jax.random.normal(jax.random.key(0), (8192, 8192))
+    vector = jax.random.normal(jax.random.key(1), (1, 8192))
+    product = jax.jit(lambda v, m: kernels.matvec(v, m, out_in=True))
+    product(vector, matrix).block_until_ready()
+    times = []
+    for _ in range(30):
+        begin = time.perf_counter()
+        product(vector, matrix).block_until_ready()
+        times.append(time.perf_counter() - begin)
+    return {"read_rate": matrix.size * 4 / min(times)}
+
+
 def worker_bandwidth(**_) -> dict:
     "Read rate (bytes/s) of TensorFlow's float32 matrix-vector product on a 256 MiB matrix."
     import tensorflow as tf
@@ -259,8 +282,9 @@ def worker_bandwidth(**_) -> dict:
 
 
 WORKERS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers, "keras_hub": worker_keras_hub,
-           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth,
-           "llama_tf_graph": lambda **kw: worker_llama_tf(xla=False, **kw)}
+           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth, "kernel_bandwidth": worker_kernel_bandwidth,
+           "llama_tf_graph": lambda **kw: worker_llama_tf(xla=False, **kw),
+           "llama_tf_jax": worker_llama_tf, "llama_tf_jax_xla": worker_llama_tf}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,12 +402,15 @@ TASKS = {**WORKERS, "quantize": quantize, "make_hf_weights": make_hf_weights, "m
 
 
 def run_task(task: str, timeout: float | None = None, script: str = __file__, **kwargs) -> dict:
-    "Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process; its result, or {'error': ...}."
+    """Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process, with the peer's
+    environment (`PEER_ENV`); its result, or {'error': ...}."""
     command = [sys.executable, script, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # llama_tf, installed or not
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path, **PEER_ENV.get(task, {})}
+    if task == "kernel_bandwidth":
+        env["KERAS_BACKEND"] = "jax"
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path})
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"{task} did not finish in {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -419,7 +446,37 @@ def versions() -> str:
     return ", ".join(f"{p} {version(p)}" for p in packages)
 
 
-def report(rows: list[dict], read_rate: float) -> str:
+def best_of_rounds(runs: list[dict]) -> list[dict]:
+    "One row per (shape, dtype, peer): its first round's, with each speed the best over the rounds."
+    rows = {}
+    for run in runs:
+        key = (run["shape"], run["dtype"], run["peer"])
+        if key not in rows:
+            rows[key] = dict(run)
+            continue
+        for name in ("prefill", "decode_b1", f"decode_b{BATCH}"):
+            if name in run:
+                rows[key][name] = max(rows[key].get(name, 0), run[name])
+    return list(rows.values())
+
+
+def against_llama_cpp(rows: list[dict], read_rates: dict) -> list[str]:
+    "Each llama_tf route's batch-1 decode as a multiple of llama.cpp's at the same precision, and its GB/s of weights."
+    lines = ["", "Batch-1 decode against llama.cpp at the same precision (same run), and the weights each route reads a second "
+             "(" + ", ".join(f"{name}: {rate / 1e9:.1f} GB/s" for name, rate in read_rates.items() if rate) + "):"]
+    for row in rows:
+        cpp = next((r for r in rows if r["peer"] == "llama_cpp" and r["shape"] == row["shape"]
+                    and r["dtype"] == row["dtype"] and "decode_b1" in r), None)
+        if cpp is None or "decode_b1" not in row or not row["peer"].startswith("llama_tf"):
+            continue
+        lines.append(f"- {row['shape']} {row['dtype']} {row['peer']}: {row['decode_b1']:.1f} tok/s = "
+                     f"{row['decode_b1'] / cpp['decode_b1']:.2f}× llama.cpp's {cpp['decode_b1']:.1f}; "
+                     f"{row['decode_b1'] * row['per_token'] / 1e9:.1f} GB/s (llama.cpp "
+                     f"{cpp['decode_b1'] * cpp['per_token'] / 1e9:.1f})")
+    return lines
+
+
+def report(rows: list[dict], read_rate: float, kernel_rate: float | None = None) -> str:
     lines = ["| shape | dtype | peer | load s | prefill tok/s | decode b1 tok/s | decode b8 tok/s | peak RSS GiB "
              "(× weights) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -451,6 +508,8 @@ def report(rows: list[dict], read_rate: float) -> str:
             lines.append(f"- {row['shape']} {row['dtype']}: {row['per_token'] / 1e6:.0f} MB of weights per token, "
                          f"bound {bound:.1f} tok/s; llama_tf decodes at {row['decode_b1'] / bound:.0%} of it "
                          f"(process baseline after imports: {row['baseline_rss'] / 2**30:.2f} GiB)")
+    lines += against_llama_cpp(rows, {"TensorFlow's matrix-vector product": read_rate,
+                                      "llama_tf's compiled kernel": kernel_rate})
     return "\n".join(lines)
 
 
@@ -460,6 +519,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--peers", default=",".join(PEERS))
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batches", default="1,8", help="decode batch sizes (default 1,8)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the peers this many times in turn (interleaved) and keep each one's best figures")
     p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared/tokenizers/llama/tokenizer.model")
     p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
     p.add_argument("--xla-timeout", type=float, default=900, help="seconds allowed to keras-hub's XLA run")
@@ -479,7 +541,8 @@ def main(argv=None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llama_tf_bench_"))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {versions()}", flush=True)
     read_rate = run_task("bandwidth")["read_rate"]
-    rows = []
+    kernel_rate = run_task("kernel_bandwidth").get("read_rate")
+    runs = []
     for shape in args.shapes.split(","):
         for dtype in [d for d in args.dtypes.split(",") if d in RUNS.get(shape, {}).get("dtypes", (d,))]:
             # Llama 3 shapes: one bfloat16 checkpoint (as published), loaded in each dtype.
@@ -492,7 +555,8 @@ def main(argv=None) -> int:
             total, per_token = weight_bytes(model_dir)
             if shape in SHARDED and source_dtype == "float32":     # a bfloat16 file, held in float32
                 total, per_token = 2 * total, 2 * per_token
-            run = {k: v for k, v in RUNS.get(shape, {}).items() if k != "dtypes"}
+            run = {"batches": tuple(int(b) for b in args.batches.split(",")),
+                   **{k: v for k, v in RUNS.get(shape, {}).items() if k != "dtypes"}}
             new_tokens = run.pop("new_tokens", args.new_tokens)
             # Llama 3 shapes carry their tokenizer.json (written with the weights), as downloads do.
             tokenizer = model_dir / "tokenizer.json" if shape in SHARDED else args.tokenizer
@@ -502,10 +566,12 @@ def main(argv=None) -> int:
                 run_task("quantize", model_dir=model_dir, dtype=dtype)
             if dtype in QUANTISED:
                 total = (model_dir / f"model-{dtype}.gguf").stat().st_size
-            for peer in args.peers.split(","):
+            if dtype == "q8_0":   # read as stored: 34 bytes (32 int8 weights and a float16 scale) per 128 of float32
+                per_token = per_token * 34 // 128
+            for round_, peer in [(r, p) for r in range(args.rounds) for p in args.peers.split(",")]:
                 if peer == "keras_hub" and shape == "llama3.1-8b":
                     continue   # keras-hub's port reads the whole checkpoint into memory, in float32
-                if dtype in QUANTISED and peer not in ("llama_tf", "llama_tf_graph", "llama_cpp"):
+                if dtype in QUANTISED and not peer.startswith(("llama_tf", "llama_cpp")):
                     continue   # the others read no GGUF
                 if peer == "llama_cpp" and not (model_dir / f"model-{dtype}.gguf").exists():
                     run_task("make_gguf", model_dir=model_dir, dtype=dtype, tokenizer=tokenizer)
@@ -519,13 +585,16 @@ def main(argv=None) -> int:
                     for key in ("prefill", "decode_b1"):
                         if key in result and other.get(key, 0) > result[key]:
                             result[key] = other[key]
-                row = {"shape": shape, "dtype": dtype, "peer": peer, "weights": total, "per_token": per_token, **result}
-                rows.append(row)
+                row = {"shape": shape, "dtype": dtype, "peer": peer, "round": round_, "weights": total,
+                       "per_token": per_token, **result}
+                runs.append(row)
                 print(json.dumps(row), flush=True)
+    rows = best_of_rounds(runs)
     print()
-    print(report(rows, read_rate))
+    print(report(rows, read_rate, kernel_rate))
     if args.json:
-        args.json.write_text(json.dumps({"read_rate": read_rate, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"read_rate": read_rate, "kernel_read_rate": kernel_rate, "rows": rows,
+                                         "runs": runs}, indent=1))
     return 0
 
 

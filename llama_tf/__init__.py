@@ -24,6 +24,7 @@ Modules:
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
+- `llama_tf.projection`: The projection layer and 8-bit weights: a compiled matrix-vector kernel for one-token steps, and llama.cpp's Q8_0 blocks.
 - `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
 - `llama_tf.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
 - `llama_tf.sentencepiece_library`: LLaMA's SentencePiece tokenizer through the `sentencepiece` library alone, for machines without TensorFlow (a JAX or PyTorch GPU box): the ids and text of `SentencePieceTokenizer` (notebook 01, which runs the same model as `tensorflow_text` ops), with the `Tokenizer` interface on Python lists. `Tokenizer(path)` picks it when `tensorflow_text` cannot be imported.

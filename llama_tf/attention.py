@@ -17,6 +17,8 @@ import math
 import keras
 from keras import ops
 
+from .projection import Projection
+
 # %% ../notebooks/04_attention.ipynb #5b896d4a
 def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
     """θ_i = theta^(-2i / head_dim) for each feature pair: (head_dim // 2,), float32. `scaling` (a
@@ -97,11 +99,11 @@ class Attention(keras.layers.Layer):
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
         self.attention_impl, self.block_size = attention_impl, block_size
         self.head_dim = dim // n_heads
-        dense = dict(use_bias=False, dtype=self.dtype_policy)
-        self.wq = keras.layers.Dense(self.n_heads * self.head_dim, name="wq", **dense)
-        self.wk = keras.layers.Dense(self.n_kv_heads * self.head_dim, name="wk", **dense)
-        self.wv = keras.layers.Dense(self.n_kv_heads * self.head_dim, name="wv", **dense)
-        self.wo = keras.layers.Dense(dim, name="wo", **dense)
+        policy = self.dtype_policy
+        self.wq = Projection(self.n_heads * self.head_dim, name="wq", dtype=policy)
+        self.wk = Projection(self.n_kv_heads * self.head_dim, name="wk", dtype=policy)
+        self.wv = Projection(self.n_kv_heads * self.head_dim, name="wv", dtype=policy)
+        self.wo = Projection(dim, name="wo", dtype=policy)
 
     def build(self, input_shape):
         for projection in (self.wq, self.wk, self.wv):

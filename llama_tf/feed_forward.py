@@ -14,6 +14,8 @@ __all__ = ['ffn_hidden_dim', 'FeedForward']
 import keras
 from keras import ops
 
+from .projection import Projection
+
 # %% ../notebooks/03_feed_forward.ipynb #00a02707
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
     "SwiGLU hidden width from the model width, as Meta's `FeedForward` computes it."
@@ -30,10 +32,9 @@ class FeedForward(keras.layers.Layer):
     def __init__(self, dim: int, hidden_dim: int, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.hidden_dim = dim, hidden_dim
-        dense = dict(use_bias=False, dtype=self.dtype_policy)
-        self.w1 = keras.layers.Dense(hidden_dim, name="w1", **dense)
-        self.w3 = keras.layers.Dense(hidden_dim, name="w3", **dense)
-        self.w2 = keras.layers.Dense(dim, name="w2", **dense)
+        self.w1 = Projection(hidden_dim, name="w1", dtype=self.dtype_policy)
+        self.w3 = Projection(hidden_dim, name="w3", dtype=self.dtype_policy)
+        self.w2 = Projection(dim, name="w2", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.w1.build(input_shape)

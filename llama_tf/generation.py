@@ -19,6 +19,7 @@ import numpy as np
 
 from llama_tf.backend import inference, to_numpy
 from llama_tf.model import _blocks, call_with_cache, new_cache
+from llama_tf.projection import projections
 
 __all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
 
@@ -179,11 +180,14 @@ class Decoder:
         size and cache length, instead of in the graph step (traced once for every shape). XLA removes
         the graph's per-op overhead but its CPU products are slower: measured on 2 cores, 1.47× the
         graph's tokens/s at 134M parameters in float32, 0.89× at 1.1B, several times slower in
-        bfloat16. None (the default) uses it for float32 models below XLA_MAX_PARAMETERS."""
+        bfloat16. None (the default) uses it for float32 models below XLA_MAX_PARAMETERS, and for
+        models with Q8_0 weights (`LLM.quantize`), whose blocks the graph would dequantise whole every
+        step."""
         self.model, self.max_seq_len = model, max_seq_len
-        if xla is None:
-            xla = (_blocks(model)[0].attention.compute_dtype == "float32"
-                   and model.count_params() < XLA_MAX_PARAMETERS)
+        if xla is None:   # Q8_0 weights: XLA fuses their dequantisation into the product; the graph writes them out
+            xla = _blocks(model)[0].attention.compute_dtype == "float32" and (
+                model.count_params() < XLA_MAX_PARAMETERS
+                or any(layer.weights_format == "q8_0" for layer in projections(model)))
         self.in_place = xla and keras.backend.backend() == "tensorflow"
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)

@@ -64,7 +64,8 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     `path` defaults to the `LLAMA_TF_WEIGHTS` environment variable, else the project's default model
     (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any
     stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
-    softmax). `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
+    softmax); `dtype="q8_0"` computes in float32 with every projection held as Q8_0 blocks (see
+    `LLM.quantize`), those of a Q8_0 GGUF read as stored. `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
     tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically;
     `attention_impl="fused"` sends prompts to the backend's fused kernel (cuDNN's flash attention on a
     JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`). `mesh` (JAX, a
@@ -101,6 +102,19 @@ class LLM:
     tokenizer: Tokenizer
     model: keras.Model
     _decoder: Decoder | None = field(default=None, init=False, repr=False)
+
+    def quantize(self, mode: str = "q8_0") -> LLM:
+        """Store every projection's weights as Q8_0 blocks (llama.cpp's 8-bit format: a float16 scale per 32
+        weights), in place: a quarter of float32's bytes, which a one-token step on the JAX backend's CPU
+        reads with llama_tf's compiled kernel. For inference (the blocks are not trained). Returns self."""
+        from llama_tf.projection import projections
+
+        if mode != "q8_0":
+            raise ValueError(f"LLM.quantize knows 'q8_0', not {mode!r}")
+        for layer in projections(self.model):
+            layer.to_q8_0()
+        self._decoder = None   # its compiled steps hold the float weights
+        return self
 
     @property
     def decoder(self) -> Decoder:

@@ -23,6 +23,7 @@ from llama_tf.config import LlamaConfig
 from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
+from llama_tf.projection import Projection, dequantize_q8_0, projections, quantize_q8_0
 
 __all__ = ["build_model", "assign_weights", "model_variables", "model_state", "backend_tensor",
            "save_hf_checkpoint"]
@@ -30,25 +31,34 @@ __all__ = ["build_model", "assign_weights", "model_variables", "model_state", "b
 
 def model_variables(model, config: LlamaConfig) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
-    A Keras `Dense` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`."""
+    A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a projection that
+    holds Q8_0 blocks appears as the layer itself (its blocks are (out, in), as the file's)."""
     table = {"tok_embeddings.weight": (model.get_layer("tok_embeddings").embeddings, False),
              "norm.weight": (model.get_layer("norm").weight, False)}
     if not config.tie_embeddings:
-        table["output.weight"] = (model.get_layer("output").kernel, True)
+        table["output.weight"] = _projection_weights(model.get_layer("output"))
     for i in range(config.n_layers):
         block = model.get_layer(f"layers_{i}")
         for sub, owner in (("attention", block.attention), ("feed_forward", block.feed_forward)):
             for proj in ("wq", "wk", "wv", "wo") if sub == "attention" else ("w1", "w2", "w3"):
-                table[f"layers.{i}.{sub}.{proj}.weight"] = (getattr(owner, proj).kernel, True)
+                table[f"layers.{i}.{sub}.{proj}.weight"] = _projection_weights(getattr(owner, proj))
         table[f"layers.{i}.attention_norm.weight"] = (block.attention_norm.weight, False)
         table[f"layers.{i}.ffn_norm.weight"] = (block.ffn_norm.weight, False)
     return table
 
 
+def _projection_weights(layer: Projection) -> tuple:
+    return (layer.kernel, True) if layer.weights_format == "float" else (layer, False)
+
+
 def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
-    """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds)."""
-    return {name: np.asarray(var).T if transposed else np.asarray(var)
-            for name, (var, transposed) in model_variables(model, config).items()}
+    """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds);
+    Q8_0 projections dequantised to float32."""
+    def state(var, transposed):
+        if isinstance(var, Projection):
+            return keras.ops.convert_to_numpy(dequantize_q8_0(var.q8_weights, var.q8_scales))
+        return np.asarray(var).T if transposed else np.asarray(var)
+    return {name: state(*entry) for name, entry in model_variables(model, config).items()}
 
 
 _EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
@@ -120,8 +130,42 @@ def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef
         del array
         return keras.ops.cast(tensor, variable.dtype)
 
-    return {name: (variable, partial(load, name, variable, transposed))
-            for name, (variable, transposed) in table.items()}
+    def load_q8_0(name, layer):
+        "The blocks as the file stores them, else the tensor quantised: (int8 (out, in), float16 scales)."
+        ref = tensors[name]
+        expected = tuple(layer.q8_weights.shape)
+        if ref.load_q8_0 is not None:
+            if ref.shape is not None and tuple(ref.shape) != expected:
+                raise shape_error(name, ref, tuple(ref.shape), expected, config)
+            q, scales = ref.load_q8_0()
+        else:
+            array = ref.load()
+            if tuple(array.shape) != expected:
+                raise shape_error(name, ref, tuple(array.shape), expected, config)
+            if _has_non_finite(array):
+                raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
+            q, scales = quantize_q8_0(array)
+        if _has_non_finite(scales):
+            raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
+        return q, scales
+
+    def q8_0_pair(name, layer):
+        "Loaders of the weights and of the scales: the first read keeps the (small) scales for the second."
+        held = {}
+
+        def weights():
+            q, held["scales"] = load_q8_0(name, layer)
+            return q
+        return weights, lambda: held.pop("scales") if "scales" in held else load_q8_0(name, layer)[1]
+
+    loaders = {}
+    for name, (variable, transposed) in table.items():
+        if isinstance(variable, Projection):   # one tensor, two variables
+            weights, scales = q8_0_pair(name, variable)
+            loaders[name], loaders[f"{name} (scales)"] = (variable.q8_weights, weights), (variable.q8_scales, scales)
+        else:
+            loaders[name] = (variable, partial(load, name, variable, transposed))
+    return loaders
 
 
 def _progress(config: LlamaConfig, total: int, progress: bool | None):
@@ -144,7 +188,8 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     """The checkpoint's model with its weights, `build_llama(checkpoint.config, dtype, **options)`
     (options: `attention_impl`, `block_size`) initialised from the file. With `mesh` (a Keras
     `DeviceMesh`, JAX only), the weights are split over its devices by `llama_tf.distribution`'s
-    layout, each tensor going from the file straight to its shards.
+    layout, each tensor going from the file straight to its shards. `dtype="q8_0"`: a float32 model
+    whose projections hold Q8_0 blocks, read as stored from a Q8_0 GGUF, else quantised tensor by tensor.
 
     The model is built inside Keras' `StatelessScope`, which creates the variables without computing
     their random initial values; each is then initialised straight from its checkpoint tensor, one at a
@@ -157,6 +202,9 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
 
     config = checkpoint.config
     validate(checkpoint)
+    q8_0 = dtype == "q8_0"
+    if q8_0 and mesh is not None:
+        raise ValueError("Q8_0 weights run on one CPU; load a float dtype to split a model over a mesh")
     distribution = contextlib.nullcontext()
     if mesh is not None:
         from llama_tf.distribution import model_parallel
@@ -165,7 +213,9 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     bar = None
     try:
         with distribution, keras.StatelessScope():   # variables created in here are initialised when it exits
-            model = build_llama(config, dtype=dtype, **options)
+            model = build_llama(config, dtype="float32" if q8_0 else dtype, **options)
+            if q8_0:
+                _use_q8_0(model, global_state.get_global_attribute("uninitialized_variables"))
             loaders = _checked_loaders(model, config, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
@@ -183,6 +233,15 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
         if bar is not None:
             bar.close()
     return model
+
+
+def _use_q8_0(model, pending: list):
+    "Switch every projection of a model whose variables are not yet initialised (`pending`) to Q8_0 blocks."
+    layers = projections(model)
+    kernels = {id(layer.kernel) for layer in layers}
+    pending[:] = [variable for variable in pending if id(variable) not in kernels]   # never initialised
+    for layer in layers:
+        layer.use_q8_0()
 
 
 def _initial_value(load, bar, shape, dtype, layout=None):

@@ -16,6 +16,7 @@ from keras import ops
 
 from .attention import rope_angles
 from .config import LlamaConfig
+from .projection import Projection, linear
 from .rms_norm import RMSNorm
 from .transformer_block import TransformerBlock
 
@@ -35,7 +36,7 @@ class TokenEmbedding(keras.layers.Layer):
 
     def call(self, inputs, reverse: bool = False):
         if reverse:
-            return ops.matmul(inputs, ops.transpose(self.embeddings))   # (..., dim) -> (..., vocab)
+            return linear(inputs, self.embeddings, out_in=True)          # (..., dim) -> (..., vocab)
         return ops.take(self.embeddings, inputs, axis=0)                # (...) -> (..., dim)
 
     def get_config(self):
@@ -58,7 +59,7 @@ def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.
     if config.tie_embeddings:
         logits = embedding(h, reverse=True)
     else:
-        logits = keras.layers.Dense(config.vocab_size, use_bias=False, name="output", dtype=dtype)(h)
+        logits = Projection(config.vocab_size, name="output", dtype=dtype)(h)
     return keras.Model(token_ids, ops.cast(logits, "float32"), name=name)
 
 # %% ../notebooks/06_llama.ipynb #bab4d728

@@ -16,6 +16,8 @@ for backend in jax torch; do
     KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_layers.py tests/test_parity.py \
         tests/test_generation.py tests/test_fused_attention.py tests/test_train.py
 done
+echo "== one-token steps through the compiled kernel (KERAS_BACKEND=jax)"
+KERAS_BACKEND=jax .venv/bin/python -m pytest -q tests/test_q8_0.py -k kernel_steps
 
 # `-k ipynb` selects the notebooks' cells from the whole suite, so tests/conftest.py (kernel profile, skips)
 # applies as in the run above.

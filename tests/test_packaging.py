@@ -55,3 +55,15 @@ def test_notebooks_export_exactly_the_committed_modules(tmp_path):
     assert sorted(regenerated) == sorted(committed)
     stale = [str(name) for name in committed if committed[name] != regenerated[name]]
     assert not stale, f"llama_tf modules differ from their notebooks' export: {stale}; run nbdev-export"
+
+
+def test_the_wheel_carries_the_subpackages_and_the_kernel_source(tmp_path):
+    "A non-editable install gets llama_tf.formats and llama_tf.kernels, with the C++ source the kernels are built from."
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    for required in ("llama_tf/formats/gguf.py", "llama_tf/kernels/__init__.py", "llama_tf/kernels/matvec.cc",
+                     "llama_tf/kernels/README.md", "llama_tf/projection.py"):
+        assert required in names

@@ -29,6 +29,7 @@ class TensorRef(NamedTuple):
     source: str                      # where the tensor comes from, for error messages
     load: Callable[[], np.ndarray]   # reads it (Meta orientation and RoPE layout)
     shape: tuple | None = None       # its shape, when the file says it without reading the data
+    load_q8_0: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None   # a Q8_0 tensor's blocks as stored
 
 
 class Checkpoint(NamedTuple):

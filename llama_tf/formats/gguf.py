@@ -118,6 +118,24 @@ def _load_tensor(path: Path, offset: int, n_bytes: int, kind, shape: tuple[int, 
     return gguf.quants.dequantize(raw.reshape(shape[0], -1), kind).reshape(shape)
 
 
+def _load_q8_0(path: Path, offset: int, n_bytes: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    "A Q8_0 tensor (rows, columns) as stored: int8 weights (rows, columns) and float16 scales (rows, columns // 32)."
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = np.fromfile(f, dtype=np.uint8, count=n_bytes)
+    if raw.size != n_bytes:
+        raise CheckpointError(f"{path}: the file ends inside a tensor (truncated?)")
+    return split_q8_0(raw, *shape)
+
+
+def split_q8_0(blocks: np.ndarray, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """GGUF's Q8_0 bytes (34 per block of 32 weights: a float16 scale, then the int8 weights) ->
+    (int8 (rows, columns), float16 scales (rows, columns // 32))."""
+    blocks = np.asarray(blocks, np.uint8).reshape(rows, columns // 32, 34)
+    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16).reshape(rows, columns // 32)
+    return np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, columns), scales
+
+
 def read_gguf(path: Path) -> Checkpoint:
     "The configuration and lazily dequantised tensors (under Meta's names) of a llama GGUF file."
     import gguf
@@ -144,8 +162,10 @@ def read_gguf(path: Path) -> Checkpoint:
         if meta_name == "tok_embeddings.weight":
             vocab_rows = int(tensor.shape[-1])
         shape = tuple(int(n) for n in reversed(tensor.shape))             # GGML lists the fastest axis first
-        tensors[meta_name] = TensorRef(f"{tensor.name} in {path.name}", partial(
-            _load_tensor, path, int(tensor.data_offset), int(tensor.n_bytes), tensor.tensor_type, shape), shape)
+        where = (path, int(tensor.data_offset), int(tensor.n_bytes))
+        blocks = partial(_load_q8_0, *where, shape) if tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0 else None
+        tensors[meta_name] = TensorRef(f"{tensor.name} in {path.name}",
+                                       partial(_load_tensor, *where, tensor.tensor_type, shape), shape, blocks)
     if unknown:
         raise CheckpointError(f"{path}: tensors that are not part of a LLaMA model: {unknown[:3]}")
     if vocab_rows is None:

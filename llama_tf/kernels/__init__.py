@@ -1,0 +1,145 @@
+"""llama_tf's compiled kernels: matrix-vector products for one-token decode steps (`matvec.cc`).
+
+`Projection` (notebook 10) sends a one-token call here on the JAX backend's CPU, through `jax.ffi`.
+The library is built on the machine that runs it, at first use (a few seconds) or ahead of time with
+
+    python -m llama_tf.kernels
+
+by the C++ compiler (`$CXX`, else `c++`) with `-O3 -march=native -fopenmp` against JAX's FFI headers,
+into llama_tf's cache folder, under a name that digests the source, the flags, the compiler, JAX's
+version and the CPU (a home folder shared by different machines keeps one build per CPU). Where it
+cannot be built (no compiler, a failed build) a one-line warning says so once and the products stay
+XLA's. `LLAMA_TF_KERNELS=0` turns the kernels off without a warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0"]
+
+SOURCE = Path(__file__).with_name("matvec.cc")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
+
+
+class KernelBuildError(RuntimeError):
+    "The kernels could not be built on this machine: no C++ compiler, or the compiler failed."
+
+
+def _compiler() -> str:
+    if os.environ.get("CXX"):
+        found = shutil.which(os.environ["CXX"])
+        if not found:
+            raise KernelBuildError(f"CXX={os.environ['CXX']} is not a program this machine can run")
+        return found
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not compiler:
+        raise KernelBuildError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    return compiler
+
+
+def _cpu() -> str:
+    "What -march=native compiles for: the CPU's model and instruction-set flags (Linux), else its name."
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    first = text.split("\n\n")[0].splitlines()
+    return "\n".join(line for line in first if line.startswith(("model name", "flags", "Features")))
+
+
+def _library_path(compiler: str) -> Path:
+    import jax
+
+    from llama_tf.assets import cache_folder
+
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, jax.__version__, _cpu()]).encode())
+    return cache_folder() / "kernels" / f"matvec-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """The kernels' shared library for this machine: built now unless a build for it is in the cache.
+    Raises `KernelBuildError` with the compiler's message when it cannot be built."""
+    import jax
+
+    compiler = _compiler()
+    path = _library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:   # renamed into place whole: no half-written .so
+        built = Path(scratch) / path.name
+        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(built)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {error}") from None
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {last}")
+        os.replace(built, path)
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernels are built, loaded and registered with JAX's CPU backend (once per process).
+    False, after a one-line warning, where they cannot be built; False without one under LLAMA_TF_KERNELS=0."""
+    if os.environ.get(SWITCH) == "0":
+        return False
+    try:
+        import jax
+
+        library = ctypes.cdll.LoadLibrary(str(build()))
+    except (KernelBuildError, OSError, ImportError) as error:
+        warnings.warn(f"llama_tf: one-token products stay on XLA's path: {error}", RuntimeWarning, stacklevel=2)
+        return False
+    for target in ("llama_tf_matvec", "llama_tf_matvec_q8_0"):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+    return True
+
+
+def matvec(x, w, out_in: bool = False):
+    """x (m, k) · W on the CPU by the kernel, a JAX array (m, n) in x's dtype (float32 or bfloat16); W
+    (float32 or bfloat16) is (k, n), a Dense kernel, or with `out_in` (n, k), an embedding table.
+    Differentiable (the gradients are plain products). Call only where `available()`."""
+    import jax
+
+    n = w.shape[0] if out_in else w.shape[1]
+
+    @jax.custom_vjp
+    def product(x, w):
+        return jax.ffi.ffi_call("llama_tf_matvec", jax.ShapeDtypeStruct((x.shape[0], n), x.dtype))(
+            x, w, out_in=bool(out_in))
+
+    def forward(x, w):
+        return product(x, w), (x, w)
+
+    def backward(saved, grad):
+        x, w = saved
+        weights = w.T if out_in else w                      # (k, n)
+        grad_w = x.T.astype("float32") @ grad.astype("float32")
+        return (grad @ weights.T).astype(x.dtype), (grad_w.T if out_in else grad_w).astype(w.dtype)
+
+    product.defvjp(forward, backward)
+    return product(x, w)
+
+
+def matvec_q8_0(x, q, scales):
+    """x (m, k) · Wᵀ for W stored as Q8_0: int8 q (n, k), float16 scales (n, k // 32), each scaling 32
+    consecutive weights of a row; a JAX array (m, n) in x's dtype. Call only where `available()`."""
+    import jax
+
+    out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), x.dtype)
+    return jax.ffi.ffi_call("llama_tf_matvec_q8_0", out)(x, q, scales)

@@ -1,0 +1,301 @@
+// Matrix-vector products for one-token decode steps: y (m, n) = x (m, k) · Wᵀ, read at memory speed.
+//
+// A decode step reads every weight once and does two flops with it, so its speed is the speed at which
+// the weights stream from memory. These loops read each weight once, in the order it lies in memory, on
+// every core (OpenMP), and keep the sums in float32 whatever the weights' type:
+//
+//   llama_tf_matvec       W float32 or bfloat16, stored (k, n) (a Keras Dense kernel: each input's row of
+//                         weights is added into all n outputs) or (n, k) (an embedding table used as
+//                         the output projection: one dot product per output)
+//   llama_tf_matvec_q8_0  W as llama.cpp's Q8_0: int8 (n, k) and one float16 scale per 32 weights (n, k/32)
+//
+// x and y are float32 or bfloat16 (y in x's type). Built with -march=native on the machine that runs it
+// (llama_tf/kernels/__init__.py): with AVX-512 the loops below use it, else the compiler vectorises the
+// portable ones for what the machine has.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using bf16 = uint16_t;
+using f16 = uint16_t;
+
+inline float from_bf16(bf16 h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline bf16 to_bf16(float f) {  // round to nearest even, as XLA rounds
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffff) > 0x7f800000) return 0x7fc0;  // NaN
+  return bf16((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+inline float from_f16(f16 h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000 | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exponent = 113;
+    while (!(mantissa & 0x400)) mantissa <<= 1, --exponent;
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float widen(float w) { return w; }
+inline float widen(bf16 w) { return from_bf16(w); }
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const bf16* p) {  // bfloat16 is float32's top half: widen by a shift
+  __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
+// Every core (OpenMP's threads), unless the product is too small to repay waking the others.
+int threads_for(int64_t weights) { return weights < (1 << 16) ? 1 : omp_get_max_threads(); }
+
+// Splits [0, items) into one contiguous range per thread, in multiples of `grain`, and runs body(begin, end)
+// on each.
+template <class Body>
+void parallel_ranges(int64_t items, int64_t grain, int64_t weights, Body body) {
+#pragma omp parallel num_threads(threads_for(weights))
+  {
+    int64_t chunks = (items + grain - 1) / grain, count = omp_get_num_threads(), t = omp_get_thread_num();
+    int64_t begin = std::min(items, chunks * t / count * grain), end = std::min(items, chunks * (t + 1) / count * grain);
+    if (begin < end) body(begin, end);
+  }
+}
+
+// y = Σ_{i in [i0, i1)} x[i] · W[i, :] for W (k, n): four rows at a time, each read front to back.
+template <class W>
+void rows_into(const float* x, const W* w, int64_t i0, int64_t i1, int64_t n, float* y) {
+  std::fill(y, y + n, 0.0f);
+  int64_t i = i0;
+  for (; i + 4 <= i1; i += 4) {
+    const W *r0 = w + i * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512 x0 = _mm512_set1_ps(x[i]), x1 = _mm512_set1_ps(x[i + 1]);
+    __m512 x2 = _mm512_set1_ps(x[i + 2]), x3 = _mm512_set1_ps(x[i + 3]);
+    for (; j + 16 <= n; j += 16) {
+      __m512 a = _mm512_fmadd_ps(load16(r0 + j), x0, _mm512_loadu_ps(y + j));
+      __m512 b = _mm512_mul_ps(load16(r1 + j), x1);
+      a = _mm512_fmadd_ps(load16(r2 + j), x2, a);
+      b = _mm512_fmadd_ps(load16(r3 + j), x3, b);
+      _mm512_storeu_ps(y + j, _mm512_add_ps(a, b));
+    }
+#endif
+    for (; j < n; ++j)
+      y[j] += x[i] * widen(r0[j]) + x[i + 1] * widen(r1[j]) + x[i + 2] * widen(r2[j]) + x[i + 3] * widen(r3[j]);
+  }
+  for (; i < i1; ++i)
+    for (int64_t j = 0; j < n; ++j) y[j] += x[i] * widen(w[i * n + j]);
+}
+
+// Σ_i x[i] · row[i]: one output of W (n, k).
+template <class W>
+float dot(const float* x, const W* row, int64_t k) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if defined(__AVX512F__)
+  __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps();
+  for (; i + 64 <= k; i += 64) {
+    a = _mm512_fmadd_ps(load16(row + i), _mm512_loadu_ps(x + i), a);
+    b = _mm512_fmadd_ps(load16(row + i + 16), _mm512_loadu_ps(x + i + 16), b);
+    c = _mm512_fmadd_ps(load16(row + i + 32), _mm512_loadu_ps(x + i + 32), c);
+    d = _mm512_fmadd_ps(load16(row + i + 48), _mm512_loadu_ps(x + i + 48), d);
+  }
+  for (; i + 16 <= k; i += 16) a = _mm512_fmadd_ps(load16(row + i), _mm512_loadu_ps(x + i), a);
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+#endif
+  for (; i < k; ++i) sum += x[i] * widen(row[i]);
+  return sum;
+}
+
+// Each row's float16 scales as float32, into `scale` (k / 32 per row).
+void widen_scales(const f16* scales, int64_t blocks, int rows, float* scale) {
+  for (int r = 0; r < rows; ++r) {
+    int64_t b = 0;
+#if defined(__AVX512F__)
+    for (; b + 16 <= blocks; b += 16)
+      _mm512_storeu_ps(scale + r * blocks + b,
+                       _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + r * blocks + b))));
+#endif
+    for (; b < blocks; ++b) scale[r * blocks + b] = from_f16(scales[r * blocks + b]);
+  }
+}
+
+// out[r] = Σ_blocks scale · Σ_32 x · q for ROWS consecutive rows of a Q8_0 matrix (k a multiple of 32),
+// which share each load of x. `scale` is scratch for ROWS · k / 32 floats.
+template <int ROWS>
+void dot_q8_0(const float* x, const int8_t* q, const f16* scales, int64_t k, float* scale, float* out) {
+  int64_t blocks = k / 32;
+  widen_scales(scales, blocks, ROWS, scale);
+#if defined(__AVX512F__)
+  __m512 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const int8_t* block = q + r * k + 32 * b;
+      if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(block) + ROWS * k, _MM_HINT_T0);   // the next rows
+      __m512 sum = _mm512_fmadd_ps(load16(block + 16), x1, _mm512_mul_ps(load16(block), x0));
+      acc[r] = _mm512_fmadd_ps(sum, _mm512_set1_ps(scale[r * blocks + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+#else
+  for (int r = 0; r < ROWS; ++r) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b) {
+      float block = 0.0f;
+      for (int64_t i = 0; i < 32; ++i) block += x[32 * b + i] * float(q[r * k + 32 * b + i]);
+      sum += scale[r * blocks + b] * block;
+    }
+    out[r] = sum;
+  }
+#endif
+}
+
+// x (m, k) of float32 or bfloat16 -> float32 rows.
+std::vector<float> widened(ffi::AnyBuffer x, int64_t count) {
+  std::vector<float> out(count);
+  if (x.element_type() == ffi::DataType::F32) {
+    std::memcpy(out.data(), x.untyped_data(), count * 4);
+  } else {
+    const bf16* p = static_cast<const bf16*>(x.untyped_data());
+    for (int64_t i = 0; i < count; ++i) out[i] = from_bf16(p[i]);
+  }
+  return out;
+}
+
+void store(ffi::Result<ffi::AnyBuffer>& y, int64_t offset, const float* values, int64_t begin, int64_t end) {
+  if (y->element_type() == ffi::DataType::F32) {
+    std::memcpy(static_cast<float*>(y->untyped_data()) + offset + begin, values + begin, (end - begin) * 4);
+  } else {
+    bf16* out = static_cast<bf16*>(y->untyped_data()) + offset;
+    for (int64_t j = begin; j < end; ++j) out[j] = to_bf16(values[j]);
+  }
+}
+
+bool float_type(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
+
+// y (m, n) = x · W, W (k, n): each thread takes a contiguous band of W's rows (memory read in one sweep)
+// and sums it into its own partial outputs, which are then added up column by column.
+template <class W>
+void matvec_k_n(const std::vector<float>& x, const W* w, int64_t m, int64_t k, int64_t n,
+                ffi::Result<ffi::AnyBuffer>& y) {
+  int threads = threads_for(n * k);
+  std::vector<float> partial(threads * n);
+  for (int64_t t = 0; t < m; ++t) {
+#pragma omp parallel num_threads(threads)
+    {
+      int64_t count = omp_get_num_threads(), id = omp_get_thread_num();
+      rows_into(x.data() + t * k, w, k * id / count, k * (id + 1) / count, n, partial.data() + id * n);
+#pragma omp barrier
+      int64_t begin = n * id / count, end = n * (id + 1) / count;
+      for (int64_t other = 1; other < count; ++other)
+        for (int64_t j = begin; j < end; ++j) partial[j] += partial[other * n + j];
+      store(y, t * n, partial.data(), begin, end);
+    }
+  }
+}
+
+// y (m, n) = x · Wᵀ, W (n, k): one dot product per output, each thread a contiguous band of rows.
+template <class W>
+void matvec_n_k(const std::vector<float>& x, const W* w, int64_t m, int64_t k, int64_t n,
+                ffi::Result<ffi::AnyBuffer>& y) {
+  std::vector<float> row(n);
+  for (int64_t t = 0; t < m; ++t) {
+    parallel_ranges(n, 16, n * k, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) row[j] = dot(x.data() + t * k, w + j * k, k);
+      store(y, t * n, row.data(), begin, end);
+    });
+  }
+}
+
+ffi::Error MatVec(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, bool out_in) {
+  auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || !float_type(x.element_type()) || !float_type(w.element_type()) ||
+      y->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("llama_tf_matvec: x (m, k) and W of float32 or bfloat16");
+  int64_t m = xd[0], k = xd[1], n = out_in ? wd[0] : wd[1];
+  if ((out_in ? wd[1] : wd[0]) != k)
+    return ffi::Error::InvalidArgument("llama_tf_matvec: x's and W's inner sizes differ");
+  std::vector<float> xf = widened(x, m * k);
+  const void* data = w.untyped_data();
+  bool f32 = w.element_type() == ffi::DataType::F32;
+  if (out_in && f32) matvec_n_k(xf, static_cast<const float*>(data), m, k, n, y);
+  if (out_in && !f32) matvec_n_k(xf, static_cast<const bf16*>(data), m, k, n, y);
+  if (!out_in && f32) matvec_k_n(xf, static_cast<const float*>(data), m, k, n, y);
+  if (!out_in && !f32) matvec_k_n(xf, static_cast<const bf16*>(data), m, k, n, y);
+  return ffi::Error::Success();
+}
+
+ffi::Error MatVecQ8_0(ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::AnyBuffer scales, ffi::Result<ffi::AnyBuffer> y) {
+  auto xd = x.dimensions(), qd = q.dimensions(), sd = scales.dimensions();
+  if (xd.size() != 2 || qd.size() != 2 || sd.size() != 2 || !float_type(x.element_type()) ||
+      q.element_type() != ffi::DataType::S8 || scales.element_type() != ffi::DataType::F16 ||
+      y->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("llama_tf_matvec_q8_0: x (m, k), int8 W (n, k), float16 scales (n, k/32)");
+  int64_t m = xd[0], k = xd[1], n = qd[0];
+  if (qd[1] != k || k % 32 || sd[0] != n || sd[1] != k / 32)
+    return ffi::Error::InvalidArgument("llama_tf_matvec_q8_0: shapes disagree");
+  std::vector<float> xf = widened(x, m * k), row(n);
+  const int8_t* w = static_cast<const int8_t*>(q.untyped_data());
+  const f16* s = static_cast<const f16*>(scales.untyped_data());
+  for (int64_t t = 0; t < m; ++t) {
+    parallel_ranges(n, 16, n * k, [&](int64_t begin, int64_t end) {
+      std::vector<float> scale(4 * (k / 32));
+      const float* xt = xf.data() + t * k;
+      int64_t j = begin;
+      for (; j + 4 <= end; j += 4) dot_q8_0<4>(xt, w + j * k, s + j * (k / 32), k, scale.data(), row.data() + j);
+      for (; j < end; ++j) dot_q8_0<1>(xt, w + j * k, s + j * (k / 32), k, scale.data(), row.data() + j);
+      store(y, t * n, row.data(), begin, end);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(llama_tf_matvec, MatVec,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("out_in"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(llama_tf_matvec_q8_0, MatVecQ8_0,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());

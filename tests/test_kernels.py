@@ -1,0 +1,87 @@
+"""The compiled matrix-vector kernels (llama_tf/kernels): built on this machine, equal to the plain product
+within float32 rounding for every layout, weight type and odd size, differentiable, and replaced by XLA's
+products with a one-line warning where they cannot be built."""
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+jax = require("jax")
+jnp = jax.numpy
+
+from llama_tf import kernels  # noqa: E402
+from llama_tf.projection import dequantize_q8_0, quantize_q8_0  # noqa: E402
+
+EPS = {"float32": 2.0**-24, "bfloat16": 2.0**-8}   # unit roundoff of the output's type
+SIZES = [(1, 1, 1), (1, 7, 5), (1, 15, 17), (3, 16, 16), (1, 33, 65), (2, 100, 130), (1, 768, 2048), (1, 2051, 771)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    assert kernels.available(), "the kernels could not be built on this machine"
+
+
+def bound(x, w, dtype):
+    """|error| allowed per output: float32 sums of k products (k·u·Σ|x w|), then one rounding to the
+    output's type."""
+    magnitude = np.abs(x) @ np.abs(w)
+    return x.shape[1] * 2.0**-24 * magnitude + EPS[dtype] * np.abs(x @ w) + 1e-30
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("out_in", [False, True], ids=["in_out", "out_in"])
+@pytest.mark.parametrize("m, k, n", SIZES)
+def test_matvec_equals_the_plain_product(m, k, n, dtype, out_in):
+    rng = np.random.default_rng(k * n + m)
+    x, w = jnp.asarray(rng.standard_normal((m, k)), dtype), jnp.asarray(rng.standard_normal((k, n)), dtype)
+    exact_x, exact_w = np.asarray(x, "float64"), np.asarray(w, "float64")   # the operands as stored
+    got = kernels.matvec(x, w.T if out_in else w, out_in)
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    error = np.abs(np.asarray(got, "float64") - exact_x @ exact_w)
+    assert np.all(error <= bound(exact_x, exact_w, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("m, k, n", [(1, 32, 1), (1, 64, 7), (2, 96, 33), (1, 800, 131), (1, 2048, 5632)])
+def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype):
+    rng = np.random.default_rng(k + n)
+    q, scales = quantize_q8_0(rng.standard_normal((n, k)))
+    x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+    weights = np.asarray(dequantize_q8_0(q, scales), "float64").T          # (k, n)
+    got = kernels.matvec_q8_0(x, jnp.asarray(q), jnp.asarray(scales))
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    exact_x = np.asarray(x, "float64")
+    assert np.all(np.abs(np.asarray(got, "float64") - exact_x @ weights) <= bound(exact_x, weights, dtype))
+
+
+def test_under_jit_and_differentiable():
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.standard_normal((1, 40)), "float32"), jnp.asarray(rng.standard_normal((40, 24)), "float32")
+    np.testing.assert_allclose(jax.jit(kernels.matvec)(x, w), x @ w, rtol=1e-5, atol=1e-5)
+
+    def loss(product):
+        return lambda x, w: (product(x, w) ** 2).sum()
+    ours = jax.grad(loss(kernels.matvec), argnums=(0, 1))(x, w)
+    plain = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_shapes_that_disagree_are_refused():
+    x = jnp.ones((1, 64), "float32")
+    with pytest.raises(Exception, match="inner sizes differ"):
+        jax.block_until_ready(kernels.matvec(x, jnp.ones((32, 8), "float32")))
+    with pytest.raises(Exception, match="shapes disagree"):
+        jax.block_until_ready(kernels.matvec_q8_0(x, jnp.ones((8, 64), "int8"), jnp.ones((8, 3), "float16")))
+
+
+def test_without_a_compiler_the_products_stay_on_xla(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(kernels.KernelBuildError, match=r"CXX=/nonexistent/c\+\+ is not a program"):
+        kernels.build()
+    monkeypatch.setattr(kernels, "build", lambda: (_ for _ in ()).throw(kernels.KernelBuildError("no C++ compiler")))
+    with pytest.warns(RuntimeWarning, match="one-token products stay on XLA's path: no C\\+\\+ compiler"):
+        assert kernels.available.__wrapped__() is False
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    assert kernels.available.__wrapped__() is False
