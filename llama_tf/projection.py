@@ -13,7 +13,7 @@ product (the Q8_0 weights dequantised first)."""
 __all__ = ['Q8_0_BLOCK', 'WEIGHT_FORMATS', 'quantize_q8_0', 'dequantize_q8_0', 'uses_kernel', 'linear', 'Projection',
            'projections']
 
-# %% ../notebooks/10_decoding_speed.ipynb #afe74cdd
+# %% ../notebooks/10_decoding_speed.ipynb #bea2bc6f
 import math
 
 import keras
@@ -22,7 +22,7 @@ from keras import ops
 
 from . import kernels
 
-# %% ../notebooks/10_decoding_speed.ipynb #d3e374d0
+# %% ../notebooks/10_decoding_speed.ipynb #15d626a0
 Q8_0_BLOCK = 32                    # weights per scale
 WEIGHT_FORMATS = ("float", "q8_0")
 
@@ -48,7 +48,7 @@ def dequantize_q8_0(q, scales, dtype="float32"):
     blocks = ops.reshape(ops.cast(q, dtype), (rows, cols // Q8_0_BLOCK, Q8_0_BLOCK))
     return ops.reshape(blocks * ops.cast(scales, dtype)[..., None], (rows, cols))
 
-# %% ../notebooks/10_decoding_speed.ipynb #0abc041e
+# %% ../notebooks/10_decoding_speed.ipynb #27cf3ba4
 def uses_kernel(x) -> bool:
     """Whether a product with x (..., in) goes to the compiled kernel: one token in flight, on the JAX
     backend's CPU, with the kernels built (`llama_tf.kernels.available`)."""
@@ -71,7 +71,7 @@ def linear(x, w, out_in: bool = False):
         return ops.reshape(out, (*x.shape[:-1], out.shape[-1]))
     return ops.matmul(x, ops.transpose(w) if out_in else w)
 
-# %% ../notebooks/10_decoding_speed.ipynb #89971736
+# %% ../notebooks/10_decoding_speed.ipynb #72a65d00
 @keras.saving.register_keras_serializable(package="llama_tf")
 class Projection(keras.layers.Layer):
     """x (..., in) -> x · W (..., units), without a bias. `weights_format` "float": a kernel (in, units) in
