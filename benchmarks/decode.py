@@ -52,9 +52,10 @@ SHAPES = {  # LlamaConfig fields
 }
 SHARDED = {"llama3.2-1b", "llama3.1-8b"}
 PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]   # also: llama_tf_graph, llama_tf_jax, llama_tf_jax_xla
-# llama_tf on the JAX backend, in its own process: one-token products by the compiled kernel (llama_tf.kernels),
-# or with the kernels off, by XLA's.
-PEER_ENV = {"llama_tf_jax": {"KERAS_BACKEND": "jax"}, "llama_tf_jax_xla": {"KERAS_BACKEND": "jax", "LLAMA_TF_KERNELS": "0"}}
+# Tasks whose process needs its own environment: llama_tf on the JAX backend, one-token products by the
+# compiled kernel (llama_tf.kernels) or, with the kernels off, by XLA's; the kernel's read rate (JAX).
+TASK_ENV = {"llama_tf_jax": {"KERAS_BACKEND": "jax"}, "llama_tf_jax_xla": {"KERAS_BACKEND": "jax", "LLAMA_TF_KERNELS": "0"},
+            "kernel_bandwidth": {"KERAS_BACKEND": "jax"}}
 # The 8B model on 2 cores: a shorter prefill, fewer new tokens, batch 1, one timed run (minutes per peer).
 # In float32 it would need 30 GiB: bfloat16 only.
 RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16",))}
@@ -402,13 +403,11 @@ TASKS = {**WORKERS, "quantize": quantize, "make_hf_weights": make_hf_weights, "m
 
 
 def run_task(task: str, timeout: float | None = None, script: str = __file__, **kwargs) -> dict:
-    """Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process, with the peer's
-    environment (`PEER_ENV`); its result, or {'error': ...}."""
+    """Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process, with the task's
+    environment (`TASK_ENV`); its result, or {'error': ...}."""
     command = [sys.executable, script, "--task", task, "--task-args", json.dumps(kwargs, default=str)]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])   # llama_tf, installed or not
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path, **PEER_ENV.get(task, {})}
-    if task == "kernel_bandwidth":
-        env["KERAS_BACKEND"] = "jax"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path, **TASK_ENV.get(task, {})}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

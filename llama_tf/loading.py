@@ -116,14 +116,18 @@ def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef
     table = model_variables(model, config)
     check_names(table, tensors)
 
-    def load(name, variable, transposed):
+    def read(name, expected):
+        "The tensor as a NumPy array, its shape `expected` and every value finite."
         ref = tensors[name]
         array = ref.load()
-        expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
         if tuple(array.shape) != expected:
             raise shape_error(name, ref, tuple(array.shape), expected, config)
         if _has_non_finite(array):
             raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
+        return array
+
+    def load(name, variable, transposed):
+        array = read(name, tuple(variable.shape)[::-1] if transposed else tuple(variable.shape))
         # The NumPy array goes as soon as the tensor holds its data; a cast to another precision happens
         # last, on the backend (NumPy casts bfloat16 element by element).
         tensor = backend_tensor(array, transpose=transposed)
@@ -139,12 +143,7 @@ def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef
                 raise shape_error(name, ref, tuple(ref.shape), expected, config)
             q, scales = ref.load_q8_0()
         else:
-            array = ref.load()
-            if tuple(array.shape) != expected:
-                raise shape_error(name, ref, tuple(array.shape), expected, config)
-            if _has_non_finite(array):
-                raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite values")
-            q, scales = quantize_q8_0(array)
+            q, scales = quantize_q8_0(read(name, expected))
         if _has_non_finite(scales):
             raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
         return q, scales
