@@ -5,7 +5,7 @@ The library is built on the machine that runs it, at first use (a few seconds) o
 
     python -m llama_tf.kernels
 
-by the C++ compiler (`$CXX`, else `c++`) with `-O3 -march=native -fopenmp` against JAX's FFI headers,
+by the C++ compiler (`$CXX`, else `c++`) with `-O3 -march=native` against JAX's FFI headers,
 into llama_tf's cache folder, under a name that digests the source, the flags, the compiler, JAX's
 version and the CPU (a home folder shared by different machines keeps one build per CPU). Where it
 cannot be built (no compiler, a failed build) a one-line warning says so once and the products stay
@@ -28,7 +28,7 @@ from pathlib import Path
 __all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0"]
 
 SOURCE = Path(__file__).with_name("matvec.cc")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
 
 
