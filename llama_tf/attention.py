@@ -17,7 +17,8 @@ import math
 import keras
 from keras import ops
 
-from .projection import Projection
+from . import kernels
+from .projection import Projection, uses_kernel
 
 # %% ../notebooks/04_attention.ipynb #5b896d4a
 def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
@@ -120,9 +121,14 @@ class Attention(keras.layers.Layer):
 
         `attention_impl="tiled"` computes sequences longer than `block_size` tile by tile (notebook 08);
         `"fused"` hands prompts (more than one query) to the backend's fused kernel
-        (`ops.dot_product_attention`: cuDNN flash attention on a JAX GPU)."""
+        (`ops.dot_product_attention`: cuDNN flash attention on a JAX GPU). A one-token step on the JAX
+        backend's CPU goes to llama_tf's compiled kernel (`kernels.attend_one`, notebook 10): the same
+        attention over the slots in use, with the new slot written into the cache in place."""
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         q, k, v = self.project(x, angles)
+        if cache is not None and cache[0].shape[2] and uses_kernel(x):   # one token on JAX's CPU: notebook 10
+            out, keys, values = kernels.attend_one(q, k, v, cache[0], cache[1], cache_index, start)
+            return self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim))), (keys, values)
         if cache is not None:
             k, v = write_slots(cache[0], k, cache_index), write_slots(cache[1], v, cache_index)
         query_slots = (0 if cache_index is None else cache_index) + ops.arange(seq)

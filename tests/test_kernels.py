@@ -1,6 +1,7 @@
-"""The compiled matrix-vector kernels (llama_tf/kernels): built on this machine, equal to the plain product
-within float32 rounding for every layout, weight type and odd size, differentiable, and replaced by XLA's
-products with a one-line warning where they cannot be built."""
+"""The compiled kernels (llama_tf/kernels): built on this machine; the matrix-vector products equal to the
+plain product within float32 rounding for every layout, weight type and odd size, and differentiable; the
+one-token attention equal to softmax attention computed in float64, writing its slot of the cache and
+nothing else; replaced by XLA's products with a one-line warning where they cannot be built."""
 
 import numpy as np
 import pytest
@@ -74,6 +75,52 @@ def test_shapes_that_disagree_are_refused():
         jax.block_until_ready(kernels.matvec(x, jnp.ones((32, 8), "float32")))
     with pytest.raises(Exception, match="shapes disagree"):
         jax.block_until_ready(kernels.matvec_q8_0(x, jnp.ones((8, 64), "int8"), jnp.ones((8, 3), "float16")))
+
+
+def attention_in_float64(q, keys, values, index, start):
+    """q (batch, 1, heads, dim) over slots min(start, index)..index of keys, values (batch, kv_heads, slots,
+    dim), in float64: (batch, 1, heads, dim)."""
+    q, keys, values = (np.asarray(a, "float64") for a in (q, keys, values))
+    batch, _, heads, dim = q.shape
+    repeats = heads // keys.shape[1]
+    out = np.zeros_like(q)
+    for row in range(batch):
+        seen = slice(min(start[row], index), index + 1)
+        for head in range(heads):
+            k, v = keys[row, head // repeats, seen], values[row, head // repeats, seen]
+            scores = k @ q[row, 0, head] / np.sqrt(dim)
+            weights = np.exp(scores - scores.max())
+            out[row, 0, head] = weights @ v / weights.sum()
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim, slots, index", [
+    (1, 4, 4, 64, 16, 0), (1, 8, 2, 64, 128, 77), (2, 6, 3, 20, 9, 8), (3, 32, 4, 64, 300, 299)])
+def test_attend_one_equals_attention_in_float64(batch, heads, kv_heads, dim, slots, index, dtype):
+    rng = np.random.default_rng(slots + index)
+    q = jnp.asarray(rng.standard_normal((batch, 1, heads, dim)), dtype)
+    k, v = (jnp.asarray(rng.standard_normal((batch, kv_heads, 1, dim)), dtype) for _ in range(2))
+    keys, values = (jnp.asarray(rng.standard_normal((batch, kv_heads, slots, dim)), dtype) for _ in range(2))
+    start = np.array([0, index // 2, index + 1][:batch], "int32")    # a row that starts after index sees its own slot
+    before = [np.asarray(a, "float64") for a in (keys, values)]
+    out, new_keys, new_values = jax.jit(kernels.attend_one, donate_argnums=(3, 4))(q, k, v, keys, values, index, start)
+    expected_keys, expected_values = (a.copy() for a in before)
+    expected_keys[:, :, index], expected_values[:, :, index] = np.asarray(k, "float64")[:, :, 0], np.asarray(v, "float64")[:, :, 0]
+    np.testing.assert_array_equal(np.asarray(new_keys, "float64"), expected_keys)      # its slot, and only it
+    np.testing.assert_array_equal(np.asarray(new_values, "float64"), expected_values)
+    expected = attention_in_float64(q, expected_keys, expected_values, index, start)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    tolerance = 1e-5 if dtype == "float32" else 2.0**-7                 # float32 sums; one rounding to bfloat16
+    np.testing.assert_allclose(np.asarray(out, "float64"), expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+
+
+def test_attention_shapes_that_disagree_are_refused():
+    q, kv, cache = jnp.ones((1, 1, 6, 8)), jnp.ones((1, 4, 1, 8)), jnp.ones((1, 4, 5, 8))
+    with pytest.raises(Exception, match="shapes disagree"):                     # 6 heads over 4 key/value heads
+        jax.block_until_ready(kernels.attend_one(q, kv, kv, cache, cache, 0))
+    with pytest.raises(Exception, match="index outside the cache"):
+        jax.block_until_ready(kernels.attend_one(jnp.ones((1, 1, 8, 8)), kv, kv, cache, cache, 5))
 
 
 def test_without_a_compiler_the_products_stay_on_xla(monkeypatch):

@@ -65,5 +65,6 @@ def test_the_wheel_carries_the_subpackages_and_the_kernel_source(tmp_path):
                     str(ROOT)], check=True, capture_output=True)
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
     for required in ("llama_tf/formats/gguf.py", "llama_tf/kernels/__init__.py", "llama_tf/kernels/matvec.cc",
+                     "llama_tf/kernels/attention.cc", "llama_tf/kernels/common.h",
                      "llama_tf/kernels/README.md", "llama_tf/projection.py"):
         assert required in names

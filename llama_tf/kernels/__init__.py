@@ -1,6 +1,8 @@
-"""llama_tf's compiled kernels: matrix-vector products for one-token decode steps (`matvec.cc`).
+"""llama_tf's compiled kernels for one-token decode steps: matrix-vector products (`matvec.cc`) and
+attention over the key/value cache (`attention.cc`).
 
-`Projection` (notebook 10) sends a one-token call here on the JAX backend's CPU, through `jax.ffi`.
+`Projection` and `Attention` (notebooks 10 and 04) send a one-token call here on the JAX backend's CPU,
+through `jax.ffi`.
 The library is built on the machine that runs it, at first use (a few seconds) or ahead of time with
 
     python -m llama_tf.kernels
@@ -25,9 +27,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0"]
+__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "attend_one"]
 
-SOURCE = Path(__file__).with_name("matvec.cc")
+FOLDER = Path(__file__).parent
+SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]
+HEADERS = [FOLDER / "common.h"]
+TARGETS = ("llama_tf_matvec", "llama_tf_matvec_q8_0", "llama_tf_attend_one")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
 
@@ -64,8 +69,9 @@ def _library_path(compiler: str) -> Path:
     from llama_tf.assets import cache_folder
 
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, jax.__version__, _cpu()]).encode())
-    return cache_folder() / "kernels" / f"matvec-{digest.hexdigest()[:16]}.so"
+    code = [path.read_text() for path in SOURCES + HEADERS]
+    digest = hashlib.sha256("\0".join([*code, *FLAGS, version, jax.__version__, _cpu()]).encode())
+    return cache_folder() / "kernels" / f"kernels-{digest.hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -80,14 +86,15 @@ def build() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:   # renamed into place whole: no half-written .so
         built = Path(scratch) / path.name
-        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(built)]
+        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, SOURCES), "-o", str(built)]
+        names = " and ".join(path.name for path in SOURCES)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as error:
-            raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {error}") from None
+            raise KernelBuildError(f"{compiler} could not build {names}: {error}") from None
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {last}")
+            raise KernelBuildError(f"{compiler} could not build {names}: {last}")
         os.replace(built, path)
     return path
 
@@ -105,7 +112,7 @@ def available() -> bool:
     except (KernelBuildError, OSError, ImportError) as error:
         warnings.warn(f"llama_tf: one-token products stay on XLA's path: {error}", RuntimeWarning, stacklevel=2)
         return False
-    for target in ("llama_tf_matvec", "llama_tf_matvec_q8_0"):
+    for target in TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     return True
 
@@ -143,3 +150,19 @@ def matvec_q8_0(x, q, scales):
 
     out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), x.dtype)
     return jax.ffi.ffi_call("llama_tf_matvec_q8_0", out)(x, q, scales)
+
+
+def attend_one(q, k, v, keys, values, index, start=None):
+    """One new token per row: writes k and v (batch, kv_heads, 1, head_dim) into the cache's `keys` and
+    `values` (batch, kv_heads, slots, head_dim) at slot `index`, in place, and returns q's
+    (batch, 1, heads, head_dim) attention over each row's slots start..index (`start` (batch,), the slot
+    where a left-padded row's tokens begin; None: 0), with the updated keys and values: (out, keys,
+    values). Call only where `available()`."""
+    import jax
+    import jax.numpy as jnp
+
+    start = jnp.zeros((q.shape[0],), "int32") if start is None else jnp.asarray(start, "int32")
+    shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(keys.shape, keys.dtype),
+              jax.ShapeDtypeStruct(values.shape, values.dtype))
+    call = jax.ffi.ffi_call("llama_tf_attend_one", shapes, input_output_aliases={3: 1, 4: 2})
+    return call(q, k, v, keys, values, jnp.asarray(index, "int32").reshape(()), start)

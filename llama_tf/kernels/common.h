@@ -1,0 +1,154 @@
+// What llama_tf's kernels share: number types, AVX-512 loads, the thread pool's parallel loop, a dot
+// product, and reading and writing float32/bfloat16 buffers. Each .cc includes it inside its own
+// anonymous namespace.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace llama_tf {
+
+namespace ffi = xla::ffi;
+
+using bf16 = uint16_t;
+using f16 = uint16_t;
+
+inline float from_bf16(bf16 h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline bf16 to_bf16(float f) {  // round to nearest even, as XLA rounds
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffff) > 0x7f800000) return 0x7fc0;  // NaN
+  return bf16((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+inline float from_f16(f16 h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000 | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exponent = 113;
+    while (!(mantissa & 0x400)) mantissa <<= 1, --exponent;
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float widen(float w) { return w; }
+inline float widen(bf16 w) { return from_bf16(w); }
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const bf16* p) {  // bfloat16 is float32's top half: widen by a shift
+  __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
+// Workers for a product of `weights` weights: every thread of XLA's pool, unless the product is too small
+// to repay waking them.
+inline int64_t workers_for(ffi::ThreadPool& pool, int64_t weights) {
+  return weights < (1 << 16) ? 1 : std::max<int64_t>(1, pool.num_threads());
+}
+
+// The i-th of `count` contiguous parts of [0, items), cut at multiples of `grain`.
+inline std::pair<int64_t, int64_t> part(int64_t items, int64_t grain, int64_t i, int64_t count) {
+  int64_t chunks = (items + grain - 1) / grain;
+  return {std::min(items, chunks * i / count * grain), std::min(items, chunks * (i + 1) / count * grain)};
+}
+
+// Runs body(i) for i in [0, count) on the calling thread and XLA's CPU thread pool: the threads that run
+// the rest of the step, so the kernels never compete with threads of their own (OpenMP's did, inside a
+// step). Each i goes to whichever thread claims it first, so a pool busy elsewhere only means the caller
+// does more itself; the call returns when every i is done, and a task that starts later finds nothing.
+template <class Body>
+void parallel(ffi::ThreadPool& pool, int64_t count, const Body& body) {
+  if (count <= 1) {
+    if (count == 1) body(0);
+    return;
+  }
+  struct Progress {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, count, &body] {   // `body` is touched only for a claimed i, before the call returns
+    for (int64_t i; (i = progress->next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      body(i);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t helper = 1; helper < count; ++helper) pool.Schedule(decltype(work)(work));   // a copy each
+  work();
+  while (progress->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
+
+// Σ_i x[i] · row[i]: one output of W (n, k).
+template <class W>
+float dot(const float* x, const W* row, int64_t k) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if defined(__AVX512F__)
+  __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps();
+  for (; i + 64 <= k; i += 64) {
+    a = _mm512_fmadd_ps(load16(row + i), _mm512_loadu_ps(x + i), a);
+    b = _mm512_fmadd_ps(load16(row + i + 16), _mm512_loadu_ps(x + i + 16), b);
+    c = _mm512_fmadd_ps(load16(row + i + 32), _mm512_loadu_ps(x + i + 32), c);
+    d = _mm512_fmadd_ps(load16(row + i + 48), _mm512_loadu_ps(x + i + 48), d);
+  }
+  for (; i + 16 <= k; i += 16) a = _mm512_fmadd_ps(load16(row + i), _mm512_loadu_ps(x + i), a);
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+#endif
+  for (; i < k; ++i) sum += x[i] * widen(row[i]);
+  return sum;
+}
+
+// x (m, k) of float32 or bfloat16 -> float32 rows.
+inline std::vector<float> widened(ffi::AnyBuffer x, int64_t count) {
+  std::vector<float> out(count);
+  if (x.element_type() == ffi::DataType::F32) {
+    std::memcpy(out.data(), x.untyped_data(), count * 4);
+  } else {
+    const bf16* p = static_cast<const bf16*>(x.untyped_data());
+    for (int64_t i = 0; i < count; ++i) out[i] = from_bf16(p[i]);
+  }
+  return out;
+}
+
+inline void store(ffi::Result<ffi::AnyBuffer>& y, int64_t offset, const float* values, int64_t begin, int64_t end) {
+  if (y->element_type() == ffi::DataType::F32) {
+    std::memcpy(static_cast<float*>(y->untyped_data()) + offset + begin, values + begin, (end - begin) * 4);
+  } else {
+    bf16* out = static_cast<bf16*>(y->untyped_data()) + offset;
+    for (int64_t j = begin; j < end; ++j) out[j] = to_bf16(values[j]);
+  }
+}
+
+inline bool float_type(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
+
+}  // namespace llama_tf
