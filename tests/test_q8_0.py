@@ -111,10 +111,11 @@ def test_default_model_held_out_within_half_a_percent():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled kernel runs on the JAX backend")
-@pytest.mark.parametrize("dtype", ["bfloat16", "q8_0"])   # float32 stays on XLA's product (linear)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "q8_0"])
 def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch):
-    "A one-token step through the compiled kernel equals the same step by XLA's products; greedy text too."
-    from llama_tf import projection
+    """A one-token step through the compiled kernels (products and attention) equals the same step by
+    XLA's products and attention; greedy text too."""
+    from llama_tf import attention, projection
     from llama_tf.model import call_with_cache, new_cache
 
     llm = llama_tf.load(directory, dtype=dtype)
@@ -124,7 +125,8 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     step = (llm.model, token_ids[:, 12:13].astype("int32"), cache, 12, start)
     ours = np.asarray(call_with_cache(*step)[0])
     expected_text = llm.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=())
-    monkeypatch.setattr(projection, "uses_kernel", lambda x: False)
+    for module in (projection, attention):
+        monkeypatch.setattr(module, "uses_kernel", lambda x: False)
     plain = np.asarray(call_with_cache(*step)[0])
     assert max_relative_error(ours, plain) <= (2e-2 if dtype == "bfloat16" else 1e-5)
     assert llama_tf.load(directory, dtype=dtype).generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=()) == expected_text
