@@ -19,25 +19,25 @@ using namespace llama_tf;
 
 namespace {
 
-// y = Σ_{i in [i0, i1)} x[i] · W[i, :] for W (k, n): ROWS rows at a time (consecutive in memory), so the
-// partial sums y go through the first-level cache once per ROWS rows of weights (bfloat16 rows of 768
-// weights read at 15-18 GB/s four at a time, 19-20 eight at a time, on Zen 5).
-constexpr int ROWS = 8;
+// y = Σ_{i in [i0, i1)} x[i] · W[i, :] for W (k, n): BAND_ROWS rows at a time (consecutive in memory), so
+// the partial sums y go through the first-level cache once per BAND_ROWS rows of weights (bfloat16 rows
+// of 768 weights read at 15-18 GB/s four at a time, 19-20 eight at a time, on Zen 5).
+constexpr int BAND_ROWS = 8;
 
 template <class W>
 void rows_into(const float* x, const W* w, int64_t i0, int64_t i1, int64_t n, float* y) {
   std::fill(y, y + n, 0.0f);
   int64_t i = i0;
-  for (; i + ROWS <= i1; i += ROWS) {
+  for (; i + BAND_ROWS <= i1; i += BAND_ROWS) {
     const W* r = w + i * n;
     int64_t j = 0;
 #if defined(__AVX512F__)
-    __m512 xs[ROWS];
-    for (int u = 0; u < ROWS; ++u) xs[u] = _mm512_set1_ps(x[i + u]);
+    __m512 xs[BAND_ROWS];
+    for (int u = 0; u < BAND_ROWS; ++u) xs[u] = _mm512_set1_ps(x[i + u]);
     for (; j + 16 <= n; j += 16) {
       __m512 a = _mm512_fmadd_ps(load16(r + j), xs[0], _mm512_loadu_ps(y + j));
       __m512 b = _mm512_mul_ps(load16(r + n + j), xs[1]);
-      for (int u = 2; u < ROWS; u += 2) {
+      for (int u = 2; u < BAND_ROWS; u += 2) {
         a = _mm512_fmadd_ps(load16(r + u * n + j), xs[u], a);
         b = _mm512_fmadd_ps(load16(r + (u + 1) * n + j), xs[u + 1], b);
       }
@@ -46,7 +46,7 @@ void rows_into(const float* x, const W* w, int64_t i0, int64_t i1, int64_t n, fl
 #endif
     for (; j < n; ++j) {
       float sum = 0.0f;
-      for (int u = 0; u < ROWS; ++u) sum += x[i + u] * widen(r[u * n + j]);
+      for (int u = 0; u < BAND_ROWS; ++u) sum += x[i + u] * widen(r[u * n + j]);
       y[j] += sum;
     }
   }
