@@ -128,5 +128,7 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     for module in (projection, attention):
         monkeypatch.setattr(module, "uses_kernel", lambda x: False)
     plain = np.asarray(call_with_cache(*step)[0])
-    assert max_relative_error(ours, plain) <= (2e-2 if dtype == "bfloat16" else 1e-5)
+    # float32 within 1e-5 of the logits' scale; Q8_0 within 1e-4 (the kernel rounds x to int16 per block
+    # of 32); bfloat16 within 2e-2 (XLA rounds the products' inputs and the attention weights to bfloat16)
+    assert max_relative_error(ours, plain) <= {"float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2}[dtype]
     assert llama_tf.load(directory, dtype=dtype).generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=()) == expected_text
