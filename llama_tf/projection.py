@@ -11,7 +11,7 @@ product (the Q8_0 weights dequantised first)."""
 
 # %% auto #0
 __all__ = ['Q8_0_BLOCK', 'WEIGHT_FORMATS', 'KERNEL_DTYPES', 'quantize_q8_0', 'dequantize_q8_0', 'uses_kernel', 'linear',
-           'Projection', 'projections']
+           'one_row', 'Projection', 'projections']
 
 # %% ../notebooks/10_decoding_speed.ipynb #bea2bc6f
 import math
@@ -70,9 +70,14 @@ def linear(x, w, out_in: bool = False):
     `ops.matmul`."""
     dtypes = {keras.backend.standardize_dtype(t.dtype) for t in (x, w)}
     if uses_kernel(x) and dtypes <= set(KERNEL_DTYPES):
-        out = kernels.matvec(ops.reshape(x, (1, x.shape[-1])), ops.convert_to_tensor(w), out_in)
-        return ops.reshape(out, (*x.shape[:-1], out.shape[-1]))
+        return one_row(lambda row: kernels.matvec(row, ops.convert_to_tensor(w), out_in), x)
     return ops.matmul(x, ops.transpose(w) if out_in else w)
+
+
+def one_row(product, x):
+    "`product` of x (..., in) holding one row, given it as (1, in): its (1, out) result shaped (..., out)."
+    out = product(ops.reshape(x, (1, x.shape[-1])))
+    return ops.reshape(out, (*x.shape[:-1], out.shape[-1]))
 
 # %% ../notebooks/10_decoding_speed.ipynb #72a65d00
 @keras.saving.register_keras_serializable(package="llama_tf")
@@ -112,8 +117,7 @@ class Projection(keras.layers.Layer):
             return linear(x, self.kernel)
         if uses_kernel(x):
             q, scales = ops.convert_to_tensor(self.q8_weights), ops.convert_to_tensor(self.q8_scales)
-            out = kernels.matvec_q8_0(ops.reshape(x, (1, x.shape[-1])), q, scales)
-            return ops.reshape(out, (*x.shape[:-1], self.units))
+            return one_row(lambda row: kernels.matvec_q8_0(row, q, scales), x)
         return ops.matmul(x, ops.transpose(dequantize_q8_0(self.q8_weights, self.q8_scales, x.dtype)))
 
     def to_q8_0(self):
