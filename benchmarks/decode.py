@@ -51,10 +51,13 @@ SHAPES = {  # LlamaConfig fields
                         rope_scaling={**LLAMA32_SCALING, "factor": 8.0}, **LLAMA3),
 }
 SHARDED = {"llama3.2-1b", "llama3.1-8b"}
-PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]   # also: llama_tf_graph, llama_tf_jax, llama_tf_jax_xla
-# Tasks whose process needs its own environment: llama_tf on the JAX backend, one-token products by the
-# compiled kernel (llama_tf.kernels) or, with the kernels off, by XLA's; the kernel's read rate (JAX).
-TASK_ENV = {"llama_tf_jax": {"KERAS_BACKEND": "jax"}, "llama_tf_jax_xla": {"KERAS_BACKEND": "jax", "LLAMA_TF_KERNELS": "0"},
+PEERS = ["llama_tf", "keras_hub", "transformers", "llama_cpp"]
+# also: llama_tf_graph, llama_tf_plain, llama_tf_jax, llama_tf_jax_xla
+# Tasks whose process needs its own environment: TensorFlow with llama_tf's ops off (its own products);
+# llama_tf on the JAX backend, one-token products by the compiled kernel (llama_tf.kernels) or, with the
+# kernels off, by XLA's; the kernel's read rate (JAX).
+TASK_ENV = {"llama_tf_plain": {"LLAMA_TF_KERNELS": "0"},
+            "llama_tf_jax": {"KERAS_BACKEND": "jax"}, "llama_tf_jax_xla": {"KERAS_BACKEND": "jax", "LLAMA_TF_KERNELS": "0"},
             "kernel_bandwidth": {"KERAS_BACKEND": "jax"}}
 # The 8B model on 2 cores: a shorter prefill, fewer new tokens, batch 1, one timed run (minutes per peer).
 # In float32 it would need 30 GiB: bfloat16 only.
@@ -98,7 +101,9 @@ def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats:
 
 def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: int, run: dict,
                     xla: bool | None = None, **_) -> dict:
-    "llama_tf's default decode route (`llama_tf_graph`: TensorFlow's decode steps in the graph, as before issue 13)."
+    """llama_tf's default decode route: on TensorFlow, XLA's steps for float32 below 500M parameters, else
+    the graph's, whose one-token products are llama_tf's ops (`llama_tf_graph`: always the graph's;
+    `llama_tf_plain`: the ops off, TensorFlow's products, as before issue 13)."""
     import llama_tf
     from llama_tf.generation import Decoder, Sampler
 
@@ -285,7 +290,7 @@ def worker_bandwidth(**_) -> dict:
 WORKERS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers, "keras_hub": worker_keras_hub,
            "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth, "kernel_bandwidth": worker_kernel_bandwidth,
            "llama_tf_graph": lambda **kw: worker_llama_tf(xla=False, **kw),
-           "llama_tf_jax": worker_llama_tf, "llama_tf_jax_xla": worker_llama_tf}
+           "llama_tf_plain": worker_llama_tf, "llama_tf_jax": worker_llama_tf, "llama_tf_jax_xla": worker_llama_tf}
 
 
 # ---------------------------------------------------------------------------------------------------

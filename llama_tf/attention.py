@@ -126,26 +126,32 @@ class Attention(keras.layers.Layer):
         attention over the slots in use, with the new slot written into the cache in place."""
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         q, k, v = self.project(x, angles)
-        if cache is not None and cache[0].shape[2] and uses_kernel(x):   # one token on JAX's CPU: notebook 10
-            out, keys, values = kernels.attend_one(q, k, v, cache[0], cache[1], cache_index, start)
-            return self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim))), (keys, values)
-        if cache is not None:
-            k, v = write_slots(cache[0], k, cache_index), write_slots(cache[1], v, cache_index)
-        query_slots = (0 if cache_index is None else cache_index) + ops.arange(seq)
+        if cache is not None and cache[0].shape[2] and keras.backend.backend() == "jax" and uses_kernel(x):
+            out, k, v = kernels.attend_one(q, k, v, cache[0], cache[1], cache_index, start)   # notebook 10
+        else:
+            if cache is not None:
+                k, v = write_slots(cache[0], k, cache_index), write_slots(cache[1], v, cache_index)
+            out = self.attend_slots(q, k, v, 0 if cache_index is None else cache_index, start)
+        out = self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))
+        return out if cache is None else (out, (k, v))
+
+    def attend_slots(self, q, k, v, first_slot, start=None):
+        """The queries q (batch, seq, n_heads, head_dim), in slots first_slot.., attending causally over
+        the keys and values (batch, n_kv_heads, keys, head_dim) in slots 0.. (a row's from `start`), by
+        `attention_impl`: `attend`, or tile by tile (a prefill longer than a block), or fused (a prompt)."""
+        query_slots = first_slot + ops.arange(ops.shape(q)[1])
 
         def mask():   # built inside the branch that uses it: a tiled prefill never holds (seq, keys)
             return visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start)
 
         def direct():                                                  # (batch, seq, heads, head_dim)
             return self.attend(q, k, v, mask())
-        if self.attention_impl == "tiled":   # a prefill longer than a block goes tile by tile
-            out = branch(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start), direct)
-        elif self.attention_impl == "fused":  # a prompt goes to the fused kernel, a decode step stays direct
-            out = branch(seq > 1, lambda: self.attend_fused(q, k, v, mask()), direct)
-        else:
-            out = direct()
-        out = self.wo(ops.reshape(out, (batch, seq, self.n_heads * self.head_dim)))
-        return out if cache is None else (out, (k, v))
+        seq = ops.shape(q)[1]
+        if self.attention_impl == "tiled":
+            return branch(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start), direct)
+        if self.attention_impl == "fused":   # a decode step stays direct
+            return branch(seq > 1, lambda: self.attend_fused(q, k, v, mask()), direct)
+        return direct()
 
     def project(self, x, angles=None):
         """x (batch, seq, dim) -> queries (batch, seq, n_heads, head_dim) and keys, values

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
+from llama_tf import kernels
 from llama_tf.backend import inference, to_numpy
 from llama_tf.model import _blocks, call_with_cache, new_cache
 from llama_tf.projection import projections
@@ -79,8 +80,10 @@ def compiled_step(model: keras.Model):
     `cache` None is the prefill's empty cache (made inside the compiled function on JAX).
 
     - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once, for the
-      prefill; decode steps on a cache held in `tf.Variable`s (`_in_place`) run under XLA instead,
-      compiled once per batch size and cache capacity.
+      prefill and decode steps; a batch of one token traced apart, inside `kernels.graph_step()`, so
+      that its products are llama_tf's compiled ops where they are built (notebook 10); decode steps on
+      a cache held in `tf.Variable`s (`_in_place`) run under XLA instead, compiled once per batch size
+      and cache capacity.
     - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
       decode step's for each cache length (which grows in blocks, so a few). The weights go in as
       arguments, not as constants baked into the program, and the cache's buffers are donated, so
@@ -97,11 +100,19 @@ def compiled_step(model: keras.Model):
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
         traced = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
                              input_signature=signature)
+
+        def one_token(ids, cache, index, start):
+            with kernels.graph_step():
+                return call_with_cache(model, ids, cache, index, start)
+        one_token = tf.function(one_token, input_signature=[tf.TensorSpec((1, 1), tf.int32), *signature[1:3],
+                                                            tf.TensorSpec((1,), tf.int32)])
         in_place = tf.function(functools.partial(_step_in_place, model), jit_compile=True)
 
         def step(ids, cache, index, start):
             if cache is not None and isinstance(cache[0][0], tf.Variable):
                 return in_place(ids, cache, index, start), cache
+            if cache is not None and ids.shape == (1, 1) and kernels.tensorflow_ops() is not None:
+                return one_token(ids, cache, index, start)
             return traced(ids, new_cache(model, len(ids), 0) if cache is None else cache, index, start)
         step.in_place = in_place   # for looking at its compilations
         return step
@@ -177,18 +188,23 @@ class Decoder:
 
     def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None):
         """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
-        size and cache length, instead of in the graph step (traced once for every shape). XLA removes
-        the graph's per-op overhead but its CPU products are slower: measured on 2 cores, 1.47× the
-        graph's tokens/s at 134M parameters in float32, 0.89× at 1.1B, several times slower in
-        bfloat16. None (the default) uses it for float32 models below XLA_MAX_PARAMETERS, and for
-        models with Q8_0 weights (`LLM.quantize`), whose blocks the graph would dequantise whole every
-        step."""
+        size and cache length, instead of in the graph step (traced once for every shape, and once for a
+        batch of one token, whose products go to llama_tf's compiled ops where they are built: notebook
+        10). XLA removes the graph's per-op overhead but its CPU products are slower. Measured on 2 cores,
+        batch 1 (tokens/s, XLA's against the graph's with the ops): 44 against 37 at 134M parameters in
+        float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
+        default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with Q8_0
+        weights (`LLM.quantize`) except in a batch of one with the ops built: otherwise the graph would
+        dequantise every block every step."""
         self.model, self.max_seq_len = model, max_seq_len
-        if xla is None:   # Q8_0 weights: XLA fuses their dequantisation into the product; the graph writes them out
+        tensorflow = keras.backend.backend() == "tensorflow"
+        q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
+        default = xla is None
+        if default and tensorflow:
             xla = _blocks(model)[0].attention.compute_dtype == "float32" and (
-                model.count_params() < XLA_MAX_PARAMETERS
-                or any(layer.weights_format == "q8_0" for layer in projections(model)))
-        self.in_place = xla and keras.backend.backend() == "tensorflow"
+                q8_0 or model.count_params() < XLA_MAX_PARAMETERS)
+        self.in_place = bool(xla) and tensorflow
+        self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
@@ -233,7 +249,8 @@ class Decoder:
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
         logits, cache = self.step(ids, None, np.int32(0), start)
-        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), self.in_place)
+        in_place = self.in_place and not (len(prompts) == 1 and self.one_row_in_graph)
+        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
         # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
         chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 else 1
         finished, step = budget == 0, 0
@@ -248,7 +265,7 @@ class Decoder:
                     return
             slot = width + step - 1                    # where the last token yielded goes
             if slot + chunk > capacity:
-                capacity = _grow(cache, capacity, max(slot + chunk, min(slots, 2 * capacity)), self.in_place)
+                capacity = _grow(cache, capacity, max(slot + chunk, min(slots, 2 * capacity)), in_place)
             fed = np.maximum(next_ids, 0)[:, None]     # finished rows feed a dummy 0
             if chunk == 1:
                 logits, cache = self.step(fed, cache, np.int32(slot), start)

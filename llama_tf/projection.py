@@ -50,11 +50,14 @@ def dequantize_q8_0(q, scales, dtype="float32"):
 
 # %% ../notebooks/10_decoding_speed.ipynb #27cf3ba4
 def uses_kernel(x) -> bool:
-    """Whether a product with x (..., in) goes to the compiled kernel: one token in flight, on the JAX
-    backend's CPU, with the kernels built (`llama_tf.kernels.available`)."""
-    if keras.backend.backend() != "jax" or not all(isinstance(d, int) for d in x.shape[:-1]):
+    """Whether a product with x (..., in) goes to the compiled kernel: one token in flight, and on the JAX
+    backend's CPU with the kernels built (`llama_tf.kernels.available`), or on TensorFlow inside the
+    `Decoder`'s one-token graph step (`llama_tf.kernels.in_graph_step`), where the kernels are ops."""
+    if not all(isinstance(d, int) for d in x.shape[:-1]) or math.prod(x.shape[:-1]) != 1:
         return False
-    if math.prod(x.shape[:-1]) != 1:
+    if keras.backend.backend() == "tensorflow":
+        return kernels.in_graph_step()
+    if keras.backend.backend() != "jax":
         return False
     import jax
 

@@ -1,7 +1,8 @@
-"""The compiled kernels (llama_tf/kernels): built on this machine; the matrix-vector products equal to the
-plain product within float32 rounding for every layout, weight type and odd size, and differentiable; the
-one-token attention equal to softmax attention computed in float64, writing its slot of the cache and
-nothing else; replaced by XLA's products with a one-line warning where they cannot be built."""
+"""The compiled kernels (llama_tf/kernels): built on this machine; the matrix-vector products, through
+jax.ffi and as TensorFlow ops, equal to the plain product within float32 rounding for every layout,
+weight type and odd size, and differentiable on JAX; the one-token attention equal to softmax attention
+computed in float64, writing its slot of the cache and nothing else; replaced by the framework's products
+with a one-line warning where they cannot be built."""
 
 import numpy as np
 import pytest
@@ -30,27 +31,40 @@ def bound(x, w, dtype):
     return x.shape[1] * 2.0**-24 * magnitude + EPS[dtype] * np.abs(x @ w) + 1e-30
 
 
+def tensor(framework: str, value, dtype: str):
+    "`value` as a JAX array, or a TensorFlow tensor (for llama_tf's TensorFlow ops, built here), of `dtype`."
+    if framework == "jax":
+        return jnp.asarray(value, dtype)
+    tf = require("tensorflow")
+    assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
+    return tf.cast(tf.constant(value), dtype)
+
+
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("out_in", [False, True], ids=["in_out", "out_in"])
 @pytest.mark.parametrize("m, k, n", SIZES)
-def test_matvec_equals_the_plain_product(m, k, n, dtype, out_in):
+def test_matvec_equals_the_plain_product(m, k, n, dtype, out_in, framework):
     rng = np.random.default_rng(k * n + m)
-    x, w = jnp.asarray(rng.standard_normal((m, k)), dtype), jnp.asarray(rng.standard_normal((k, n)), dtype)
+    stored = rng.standard_normal((k, n))
+    x, w = tensor(framework, rng.standard_normal((m, k)), dtype), tensor(framework, stored.T if out_in else stored, dtype)
     exact_x, exact_w = np.asarray(x, "float64"), np.asarray(w, "float64")   # the operands as stored
-    got = kernels.matvec(x, w.T if out_in else w, out_in)
+    exact_w = exact_w.T if out_in else exact_w
+    got = kernels.matvec(x, w, out_in)
     assert got.shape == (m, n) and got.dtype == x.dtype
     error = np.abs(np.asarray(got, "float64") - exact_x @ exact_w)
     assert np.all(error <= bound(exact_x, exact_w, dtype))
 
 
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("m, k, n", [(1, 32, 1), (1, 64, 7), (2, 96, 33), (1, 800, 131), (1, 2048, 5632), (1, 8224, 9)])
-def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype):
+def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype, framework):
     rng = np.random.default_rng(k + n)
     q, scales = quantize_q8_0(rng.standard_normal((n, k)))
-    x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+    x = tensor(framework, rng.standard_normal((m, k)), dtype)
     weights = np.asarray(dequantize_q8_0(q, scales), "float64").T          # (k, n)
-    got = kernels.matvec_q8_0(x, jnp.asarray(q), jnp.asarray(scales))
+    got = kernels.matvec_q8_0(x, tensor(framework, q, "int8"), tensor(framework, scales, "float16"))
     assert got.shape == (m, n) and got.dtype == x.dtype
     exact_x = np.asarray(x, "float64")
     # x is rounded to int16 per block of 32: each value within 2⁻¹⁶ of its block's largest |x|
@@ -72,12 +86,14 @@ def test_under_jit_and_differentiable():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_shapes_that_disagree_are_refused():
-    x = jnp.ones((1, 64), "float32")
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_shapes_that_disagree_are_refused(framework):
+    x, done = tensor(framework, np.ones((1, 64)), "float32"), jax.block_until_ready if framework == "jax" else np.asarray
     with pytest.raises(Exception, match="inner sizes differ"):
-        jax.block_until_ready(kernels.matvec(x, jnp.ones((32, 8), "float32")))
+        done(kernels.matvec(x, tensor(framework, np.ones((32, 8)), "float32")))
     with pytest.raises(Exception, match="shapes disagree"):
-        jax.block_until_ready(kernels.matvec_q8_0(x, jnp.ones((8, 64), "int8"), jnp.ones((8, 3), "float16")))
+        done(kernels.matvec_q8_0(x, tensor(framework, np.ones((8, 64)), "int8"),
+                                 tensor(framework, np.ones((8, 3)), "float16")))
 
 
 def attention_in_float64(q, keys, values, index, start):
@@ -131,7 +147,18 @@ def test_without_a_compiler_the_products_stay_on_xla(monkeypatch):
     with pytest.raises(kernels.KernelBuildError, match=r"CXX=/nonexistent/c\+\+ is not a program"):
         kernels.build()
     monkeypatch.setattr(kernels, "build", lambda: (_ for _ in ()).throw(kernels.KernelBuildError("no C++ compiler")))
-    with pytest.warns(RuntimeWarning, match="one-token products stay on XLA's path: no C\\+\\+ compiler"):
+    with pytest.warns(RuntimeWarning, match="one-token products stay the framework's: no C\\+\\+ compiler"):
         assert kernels.available.__wrapped__() is False
     monkeypatch.setenv(kernels.SWITCH, "0")
     assert kernels.available.__wrapped__() is False
+
+
+def test_without_a_compiler_tensorflow_keeps_its_products(monkeypatch):
+    require("tensorflow")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(kernels.KernelBuildError, match=r"CXX=/nonexistent/c\+\+ is not a program"):
+        kernels.build_tensorflow()
+    with pytest.warns(RuntimeWarning, match="one-token products stay the framework's: CXX="):
+        assert kernels.tensorflow_ops.__wrapped__() is None
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    assert kernels.tensorflow_ops.__wrapped__() is None

@@ -64,7 +64,9 @@ def test_the_wheel_carries_the_subpackages_and_the_kernel_source(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
                     str(ROOT)], check=True, capture_output=True)
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
-    for required in ("llama_tf/formats/gguf.py", "llama_tf/kernels/__init__.py", "llama_tf/kernels/matvec.cc",
-                     "llama_tf/kernels/attention.cc", "llama_tf/kernels/common.h",
+    from llama_tf import kernels
+
+    sources = [f"llama_tf/kernels/{path.name}" for path in kernels.SOURCES + kernels.HEADERS + kernels.TENSORFLOW_SOURCES]
+    for required in ("llama_tf/formats/gguf.py", "llama_tf/kernels/__init__.py", *sources,
                      "llama_tf/kernels/README.md", "llama_tf/projection.py"):
         assert required in names

@@ -3,6 +3,8 @@ the blocks equal to llama.cpp's format, logits equal to the dequantised weights'
 model's held-out likelihood within 0.5 % of float32, and on the JAX backend the compiled kernel's step
 equal to the plain one."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -132,3 +134,45 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     # of 32); bfloat16 within 2e-2 (XLA rounds the products' inputs and the attention weights to bfloat16)
     assert max_relative_error(ours, plain) <= {"float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2}[dtype]
     assert llama_tf.load(directory, dtype=dtype).generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=()) == expected_text
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's one-token graph step")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "q8_0"])
+def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
+    """On TensorFlow, a one-token step traced inside `kernels.graph_step()` multiplies by llama_tf's ops
+    (every projection) and equals the same step by TensorFlow's products; the Decoder's batch of one
+    takes that step and gives the plain steps' greedy text."""
+    import tensorflow as tf
+
+    from llama_tf import kernels
+    from llama_tf.generation import Decoder, Sampler
+    from llama_tf.model import _blocks, call_with_cache, new_cache
+
+    assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
+    llm = llama_tf.load(directory, dtype=dtype)
+    ids, start = token_ids[:, :12].astype("int32"), np.zeros(1, "int32")
+    _, cache = call_with_cache(llm.model, ids, new_cache(llm.model, 1, 16), 0, start)
+    step = (token_ids[:, 12:13].astype("int32"), cache, np.int32(12), start)
+
+    def traced(ops_on):
+        def call(ids, cache, index, start):
+            with kernels.graph_step() if ops_on else contextlib.nullcontext():
+                return call_with_cache(llm.model, ids, cache, index, start)[0]
+        return tf.function(call).get_concrete_function(*step)
+
+    ours, plain = traced(True), traced(False)
+    used = [op.type for op in ours.graph.get_operations() if op.type.startswith("LlamaTf")]
+    assert len(used) == 7 * len(_blocks(llm.model)) + 1                  # each block's seven and the output's
+    assert not any(op.type.startswith("LlamaTf") for op in plain.graph.get_operations())
+    # as the JAX kernel test: float32 within 1e-5 of the logits' scale, Q8_0 1e-4 (x rounded to int16 per
+    # block of 32), bfloat16 2e-2 (TensorFlow rounds the products' inputs to bfloat16)
+    assert max_relative_error(np.asarray(ours(*step)), np.asarray(plain(*step))) <= {
+        "float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2}[dtype]
+    prompt = [token_ids[0, :8].tolist()]
+    graph = Decoder(llm.model, llm.config.max_seq_len, xla=False)
+    texts = [np.stack(list(graph(prompt, 8, Sampler())))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "tensorflow_ops", lambda: None)
+        texts.append(np.stack(list(Decoder(llm.model, llm.config.max_seq_len, xla=False)(prompt, 8, Sampler()))))
+    if dtype != "bfloat16":   # bfloat16: rounded products can pick another token at a near tie
+        np.testing.assert_array_equal(texts[0], texts[1])

@@ -1,21 +1,25 @@
-"""llama_tf's compiled kernels for one-token decode steps: matrix-vector products (`matvec.cc`) and
+"""llama_tf's compiled kernels for one-token decode steps: matrix-vector products (`matvec.h`) and
 attention over the key/value cache (`attention.cc`).
 
 `Projection` and `Attention` (notebooks 10 and 04) send a one-token call here on the JAX backend's CPU,
-through `jax.ffi`.
-The library is built on the machine that runs it, at first use (a few seconds) or ahead of time with
+through `jax.ffi` (`matvec.cc`, `attention.cc`). On TensorFlow the products are also ops (`tf_ops.cc`),
+which `Projection` uses inside `graph_step()`: the `Decoder`'s one-token graph step, never under XLA.
+Each library is built on the machine that runs it, at first use (a few seconds) or ahead of time with
 
     python -m llama_tf.kernels
 
-by the C++ compiler (`$CXX`, else `c++`) with `-O3 -march=native` against JAX's FFI headers,
-into llama_tf's cache folder, under a name that digests the source, the flags, the compiler, JAX's
-version and the CPU (a home folder shared by different machines keeps one build per CPU). Where it
-cannot be built (no compiler, a failed build) a one-line warning says so once and the products stay
-XLA's. `LLAMA_TF_KERNELS=0` turns the kernels off without a warning.
+by the C++ compiler (`$CXX`, else `c++`) with `-O3 -march=native` against JAX's FFI headers, or
+TensorFlow's headers and library (`tf.sysconfig`), into llama_tf's cache folder, under a name that
+digests the source, the flags, the compiler, the framework's version and the CPU (a home folder shared
+by different machines keeps one build per CPU). Where it cannot be built (no compiler, a failed build) a
+one-line warning says so once and the products stay the framework's. `LLAMA_TF_KERNELS=0` turns the
+kernels off without a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -23,15 +27,18 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "attend_one"]
+__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "attend_one", "build_tensorflow",
+           "tensorflow_ops", "graph_step", "in_graph_step"]
 
 FOLDER = Path(__file__).parent
-SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]
-HEADERS = [FOLDER / "common.h"]
+SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]            # the JAX library
+HEADERS = [FOLDER / "common.h", FOLDER / "matvec.h", FOLDER / "xla_ffi.h"]
+TENSORFLOW_SOURCES = [FOLDER / "tf_ops.cc"]                          # the TensorFlow ops
 TARGETS = ("llama_tf_matvec", "llama_tf_matvec_q8_0", "llama_tf_attend_one")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
@@ -63,40 +70,54 @@ def _cpu() -> str:
     return "\n".join(line for line in first if line.startswith(("model name", "flags", "Features")))
 
 
-def _library_path(compiler: str) -> Path:
-    import jax
-
+def _build(name: str, sources: list[Path], flags: list[str], framework: str) -> Path:
+    """The library `name`-<digest>.so built from `sources` (with HEADERS) and `flags`, from the cache
+    when it is there: the digest covers the code, the flags, the compiler's version, the framework's
+    version and the CPU."""
     from llama_tf.assets import cache_folder
 
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    code = [path.read_text() for path in SOURCES + HEADERS]
-    digest = hashlib.sha256("\0".join([*code, *FLAGS, version, jax.__version__, _cpu()]).encode())
-    return cache_folder() / "kernels" / f"kernels-{digest.hexdigest()[:16]}.so"
-
-
-def build() -> Path:
-    """The kernels' shared library for this machine: built now unless a build for it is in the cache.
-    Raises `KernelBuildError` with the compiler's message when it cannot be built."""
-    import jax
-
     compiler = _compiler()
-    path = _library_path(compiler)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    code = [path.read_text() for path in sources + HEADERS]
+    digest = hashlib.sha256("\0".join([*code, *FLAGS, *flags, version, framework, _cpu()]).encode())
+    path = cache_folder() / "kernels" / f"{name}-{digest.hexdigest()[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:   # renamed into place whole: no half-written .so
         built = Path(scratch) / path.name
-        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, SOURCES), "-o", str(built)]
-        names = " and ".join(path.name for path in SOURCES)
+        command = [compiler, *FLAGS, *map(str, sources), "-o", str(built), *flags]
+        names = " and ".join(source.name for source in sources)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as error:
             raise KernelBuildError(f"{compiler} could not build {names}: {error}") from None
         if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise KernelBuildError(f"{compiler} could not build {names}: {last}")
+            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
+            raise KernelBuildError(f"{compiler} could not build {names}: {(errors or ['no message'])[-1].strip()}")
         os.replace(built, path)
     return path
+
+
+def build() -> Path:
+    """The JAX kernels' shared library for this machine: built now unless a build for it is in the cache.
+    Raises `KernelBuildError` with the compiler's message when it cannot be built."""
+    import jax
+
+    return _build("kernels", SOURCES, ["-isystem", jax.ffi.include_dir()], f"jax {jax.__version__}")
+
+
+def build_tensorflow() -> Path:
+    """The TensorFlow ops' shared library for this machine (`tf_ops.cc`, against TensorFlow's headers and
+    library), as `build` builds the JAX one. Raises `KernelBuildError` when it cannot be built."""
+    import tensorflow as tf
+
+    flags = ["-w", *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]   # -w: TF's headers warn by the hundred
+    return _build("tf-ops", TENSORFLOW_SOURCES, flags, f"tensorflow {tf.__version__}")
+
+
+def _unavailable(error: Exception) -> None:
+    warnings.warn(f"llama_tf: one-token products stay the framework's: {error}", RuntimeWarning, stacklevel=3)
 
 
 @functools.cache
@@ -110,17 +131,60 @@ def available() -> bool:
 
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (KernelBuildError, OSError, ImportError) as error:
-        warnings.warn(f"llama_tf: one-token products stay on XLA's path: {error}", RuntimeWarning, stacklevel=2)
+        _unavailable(error)
         return False
     for target in TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     return True
 
 
+@functools.cache
+def tensorflow_ops():
+    """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`), built and loaded once per process;
+    None, after a one-line warning, where they cannot be, or without one under LLAMA_TF_KERNELS=0."""
+    if os.environ.get(SWITCH) == "0":
+        return None
+    import tensorflow as tf
+
+    try:
+        return tf.load_op_library(str(build_tensorflow()))
+    except (KernelBuildError, tf.errors.NotFoundError) as error:
+        _unavailable(error)
+        return None
+
+
+_GRAPH_STEP = contextvars.ContextVar("llama_tf_graph_step", default=False)
+
+
+@contextlib.contextmanager
+def graph_step():
+    """While tracing a TensorFlow graph inside this, one-token products go to the TensorFlow ops. Only
+    the `Decoder`'s one-token graph step enters it: a function XLA compiles (`jit_compile`, Keras'
+    `predict`) cannot contain them."""
+    token = _GRAPH_STEP.set(True)
+    try:
+        yield
+    finally:
+        _GRAPH_STEP.reset(token)
+
+
+def in_graph_step() -> bool:
+    "Whether `graph_step()` is on and the TensorFlow ops are built."
+    return _GRAPH_STEP.get() and tensorflow_ops() is not None
+
+
+def _tensorflow_tensor(x) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and tf.is_tensor(x)
+
+
 def matvec(x, w, out_in: bool = False):
     """x (m, k) · W on the CPU by the kernel, a JAX array (m, n) in x's dtype (float32 or bfloat16); W
     (float32 or bfloat16) is (k, n), a Dense kernel, or with `out_in` (n, k), an embedding table.
-    Differentiable (the gradients are plain products). Call only where `available()`."""
+    Differentiable (the gradients are plain products). Call only where `available()`. Given a
+    TensorFlow tensor x, TensorFlow's op instead (not differentiable), where `tensorflow_ops()`."""
+    if _tensorflow_tensor(x):
+        return tensorflow_ops().llama_tf_matvec(x, w, out_in=bool(out_in))
     import jax
 
     n = w.shape[0] if out_in else w.shape[1]
@@ -145,7 +209,10 @@ def matvec(x, w, out_in: bool = False):
 
 def matvec_q8_0(x, q, scales):
     """x (m, k) · Wᵀ for W stored as Q8_0: int8 q (n, k), float16 scales (n, k // 32), each scaling 32
-    consecutive weights of a row; a JAX array (m, n) in x's dtype. Call only where `available()`."""
+    consecutive weights of a row; a JAX array (m, n) in x's dtype. Call only where `available()`. Given a
+    TensorFlow tensor x, TensorFlow's op instead, where `tensorflow_ops()`."""
+    if _tensorflow_tensor(x):
+        return tensorflow_ops().llama_tf_matvec_q80(x, q, scales)
     import jax
 
     out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), x.dtype)

@@ -14,7 +14,7 @@
 // attention that reads it, and so copied every layer's whole cache twice per token.
 #include <cmath>
 
-#include "common.h"
+#include "xla_ffi.h"
 
 using namespace llama_tf;
 
@@ -35,7 +35,7 @@ inline float narrow(float value, float) { return value; }
 inline bf16 narrow(float value, bf16) { return to_bf16(value); }
 
 template <class T>
-void attend(ffi::ThreadPool& pool, const T* q, const T* k, const T* v, T* keys, T* values, int32_t index,
+void attend(const Pool& pool, const T* q, const T* k, const T* v, T* keys, T* values, int32_t index,
             const int32_t* start, int64_t batch, int64_t heads, int64_t kv_heads, int64_t slots, int64_t dim, T* out) {
   int64_t repeats = heads / kv_heads, groups = batch * kv_heads;
   int64_t count = std::min(groups, workers_for(pool, groups * (index + 1) * dim * 2));
@@ -91,7 +91,7 @@ ffi::Error AttendOne(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, f
     std::memcpy(values_out->untyped_data(), values.untyped_data(), bytes);
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    attend(pool, static_cast<const T*>(q.untyped_data()), static_cast<const T*>(k.untyped_data()),
+    attend(pool_of(pool), static_cast<const T*>(q.untyped_data()), static_cast<const T*>(k.untyped_data()),
            static_cast<const T*>(v.untyped_data()), static_cast<T*>(keys_out->untyped_data()),
            static_cast<T*>(values_out->untyped_data()), slot, start.typed_data(), batch, heads, kv_heads, slots, dim,
            static_cast<T*>(out->untyped_data()));

@@ -1,12 +1,14 @@
-// What llama_tf's kernels share: number types, AVX-512 loads, the thread pool's parallel loop, a dot
-// product, and reading and writing float32/bfloat16 buffers. Each .cc includes it inside its own
-// anonymous namespace.
+// What llama_tf's kernels share, whichever framework calls them: number types, AVX-512 loads, a thread
+// pool's parallel loop, a dot product, and reading and writing float32/bfloat16 arrays (all inline, so
+// every source of a library includes it). The bindings (xla_ffi.h for JAX, tf_ops.cc for TensorFlow)
+// hand the loops their framework's thread pool as a `Pool`.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -16,11 +18,7 @@
 #include <immintrin.h>
 #endif
 
-#include "xla/ffi/api/ffi.h"
-
 namespace llama_tf {
-
-namespace ffi = xla::ffi;
 
 using bf16 = uint16_t;
 using f16 = uint16_t;
@@ -71,10 +69,16 @@ inline __m512 load16(const int8_t* p) {
 }
 #endif
 
-// Workers for a product of `weights` weights: every thread of XLA's pool, unless the product is too small
+// A framework's CPU thread pool: its `Schedule` and its number of threads.
+struct Pool {
+  std::function<void(std::function<void()>)> schedule;
+  int64_t threads;
+};
+
+// Workers for a product of `weights` weights: every thread of the pool, unless the product is too small
 // to repay waking them.
-inline int64_t workers_for(ffi::ThreadPool& pool, int64_t weights) {
-  return weights < (1 << 16) ? 1 : std::max<int64_t>(1, pool.num_threads());
+inline int64_t workers_for(const Pool& pool, int64_t weights) {
+  return weights < (1 << 16) ? 1 : std::max<int64_t>(1, pool.threads);
 }
 
 // The i-th of `count` contiguous parts of [0, items), cut at multiples of `grain`.
@@ -83,12 +87,13 @@ inline std::pair<int64_t, int64_t> part(int64_t items, int64_t grain, int64_t i,
   return {std::min(items, chunks * i / count * grain), std::min(items, chunks * (i + 1) / count * grain)};
 }
 
-// Runs body(i) for i in [0, count) on the calling thread and XLA's CPU thread pool: the threads that run
-// the rest of the step, so the kernels never compete with threads of their own (OpenMP's did, inside a
-// step). Each i goes to whichever thread claims it first, so a pool busy elsewhere only means the caller
-// does more itself; the call returns when every i is done, and a task that starts later finds nothing.
+// Runs body(i) for i in [0, count) on the calling thread and the framework's CPU thread pool (XLA's or
+// TensorFlow's): the threads that run the rest of the step, so the kernels never compete with threads of
+// their own (OpenMP's did, inside a step). Each i goes to whichever thread claims it first, so a pool
+// busy elsewhere only means the caller does more itself; the call returns when every i is done, and a
+// task that starts later finds nothing.
 template <class Body>
-void parallel(ffi::ThreadPool& pool, int64_t count, const Body& body) {
+void parallel(const Pool& pool, int64_t count, const Body& body) {
   if (count <= 1) {
     if (count == 1) body(0);
     return;
@@ -103,7 +108,7 @@ void parallel(ffi::ThreadPool& pool, int64_t count, const Body& body) {
       progress->done.fetch_add(1, std::memory_order_release);
     }
   };
-  for (int64_t helper = 1; helper < count; ++helper) pool.Schedule(decltype(work)(work));   // a copy each
+  for (int64_t helper = 1; helper < count; ++helper) pool.schedule(work);   // a copy each
   work();
   while (progress->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
@@ -128,27 +133,32 @@ float dot(const float* x, const W* row, int64_t k) {
   return sum;
 }
 
-// x (m, k) of float32 or bfloat16 -> float32 rows.
-inline std::vector<float> widened(ffi::AnyBuffer x, int64_t count) {
+// A float32 or bfloat16 array.
+struct Floats {
+  void* data;
+  bool bf16;
+};
+
+// `count` values of x as float32.
+inline std::vector<float> widened(Floats x, int64_t count) {
   std::vector<float> out(count);
-  if (x.element_type() == ffi::DataType::F32) {
-    std::memcpy(out.data(), x.untyped_data(), count * 4);
+  if (!x.bf16) {
+    std::memcpy(out.data(), x.data, count * 4);
   } else {
-    const bf16* p = static_cast<const bf16*>(x.untyped_data());
+    const bf16* p = static_cast<const bf16*>(x.data);
     for (int64_t i = 0; i < count; ++i) out[i] = from_bf16(p[i]);
   }
   return out;
 }
 
-inline void store(ffi::Result<ffi::AnyBuffer>& y, int64_t offset, const float* values, int64_t begin, int64_t end) {
-  if (y->element_type() == ffi::DataType::F32) {
-    std::memcpy(static_cast<float*>(y->untyped_data()) + offset + begin, values + begin, (end - begin) * 4);
+// y[offset + j] = values[j] for j in [begin, end), rounded to y's type.
+inline void store(Floats y, int64_t offset, const float* values, int64_t begin, int64_t end) {
+  if (!y.bf16) {
+    std::memcpy(static_cast<float*>(y.data) + offset + begin, values + begin, (end - begin) * 4);
   } else {
-    bf16* out = static_cast<bf16*>(y->untyped_data()) + offset;
+    bf16* out = static_cast<bf16*>(y.data) + offset;
     for (int64_t j = begin; j < end; ++j) out[j] = to_bf16(values[j]);
   }
 }
-
-inline bool float_type(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
 
 }  // namespace llama_tf

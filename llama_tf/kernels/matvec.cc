@@ -1,240 +1,40 @@
-// Matrix-vector products for one-token decode steps: y (m, n) = x (m, k) · Wᵀ, read at memory speed.
+// The matrix-vector products (matvec.h) as XLA FFI targets, for JAX:
 //
-// A decode step reads every weight once and does two flops with it, so its speed is the speed at which
-// the weights stream from memory. These loops read each weight once, in the order it lies in memory, on
-// every core (XLA's CPU thread pool, with the calling thread), and keep the sums in float32 whatever the
-// weights' type:
+//   llama_tf_matvec       x (m, k); W float32 or bfloat16, (k, n), or (n, k) with the attribute out_in
+//   llama_tf_matvec_q8_0  x (m, k); int8 W (n, k); float16 scales (n, k/32)
 //
-//   llama_tf_matvec       W float32 or bfloat16, stored (k, n) (a Keras Dense kernel: each input's row of
-//                         weights is added into all n outputs) or (n, k) (an embedding table used as
-//                         the output projection: one dot product per output)
-//   llama_tf_matvec_q8_0  W as llama.cpp's Q8_0: int8 (n, k) and one float16 scale per 32 weights (n, k/32)
-//
-// x and y are float32 or bfloat16 (y in x's type). Built with -march=native on the machine that runs it
-// (llama_tf/kernels/__init__.py): with AVX-512 the loops below use it, else the compiler vectorises the
-// portable ones for what the machine has.
-#include <cmath>
-
-#include "common.h"
+// x and y are float32 or bfloat16 (y in x's type).
+#include "matvec.h"
+#include "xla_ffi.h"
 
 using namespace llama_tf;
 
 namespace {
 
-// y = Σ_{i in [i0, i1)} x[i] · W[i, :] for W (k, n): BAND_ROWS rows at a time (consecutive in memory), so
-// the partial sums y go through the first-level cache once per BAND_ROWS rows of weights (bfloat16 rows
-// of 768 weights read at 15-18 GB/s four at a time, 19-20 eight at a time, on Zen 5).
-constexpr int BAND_ROWS = 8;
-
-template <class W>
-void rows_into(const float* x, const W* w, int64_t i0, int64_t i1, int64_t n, float* y) {
-  std::fill(y, y + n, 0.0f);
-  int64_t i = i0;
-  for (; i + BAND_ROWS <= i1; i += BAND_ROWS) {
-    const W* r = w + i * n;
-    int64_t j = 0;
-#if defined(__AVX512F__)
-    __m512 xs[BAND_ROWS];
-    for (int u = 0; u < BAND_ROWS; ++u) xs[u] = _mm512_set1_ps(x[i + u]);
-    for (; j + 16 <= n; j += 16) {
-      __m512 a = _mm512_fmadd_ps(load16(r + j), xs[0], _mm512_loadu_ps(y + j));
-      __m512 b = _mm512_mul_ps(load16(r + n + j), xs[1]);
-      for (int u = 2; u < BAND_ROWS; u += 2) {
-        a = _mm512_fmadd_ps(load16(r + u * n + j), xs[u], a);
-        b = _mm512_fmadd_ps(load16(r + (u + 1) * n + j), xs[u + 1], b);
-      }
-      _mm512_storeu_ps(y + j, _mm512_add_ps(a, b));
-    }
-#endif
-    for (; j < n; ++j) {
-      float sum = 0.0f;
-      for (int u = 0; u < BAND_ROWS; ++u) sum += x[i + u] * widen(r[u * n + j]);
-      y[j] += sum;
-    }
-  }
-  for (; i < i1; ++i)
-    for (int64_t j = 0; j < n; ++j) y[j] += x[i] * widen(w[i * n + j]);
-}
-
-// Q8_0 products multiply integers: x is rounded once per call to int16 with one float scale per block of
-// 32 (its error, at most 2⁻¹⁶ of the block's largest |x|, is far below the weights' 8 bits), so that 32
-// weights cost one widening to int16, one multiply-add of int16 pairs into int32 (exact: 2 · 127 · 32767 <
-// 2²⁴, so the float conversion is exact too) and one float multiply-add by the two blocks' scales. Widening
-// the weights to float32 instead cost twice the instructions, and on 2 cores it could not keep up with
-// memory: 21 GB/s at TinyLlama's shape, where llama.cpp read 34.
-struct Int16Blocks {
-  std::vector<int16_t> q;  // k values
-  std::vector<float> d;    // k / 32 scales: x ≈ d · q
-};
-
-Int16Blocks to_int16_blocks(const float* x, int64_t k) {
-  Int16Blocks out{std::vector<int16_t>(k), std::vector<float>(k / 32)};
-  for (int64_t b = 0; b < k / 32; ++b) {
-    float top = 0.0f;
-    for (int64_t i = 32 * b; i < 32 * b + 32; ++i) top = std::max(top, std::fabs(x[i]));
-    float d = top / 32767.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
-    out.d[b] = d;
-    for (int64_t i = 32 * b; i < 32 * b + 32; ++i) out.q[i] = int16_t(std::lrint(x[i] * inverse));
-  }
-  return out;
-}
-
-// Σ_32 x · q for one block, as an exact integer.
-inline int32_t block_sum(const int16_t* x, const int8_t* q) {
-  int32_t sum = 0;
-  for (int i = 0; i < 32; ++i) sum += int32_t(x[i]) * q[i];
-  return sum;
-}
-
-// Rows are summed one at a time while x fits the first-level cache, four at a time sharing each load of x
-// when it does not. Measured on Zen 5: rows of 768 to 5632 weights read at 26-35 GB/s one by one (a
-// thread's band of rows is then one sequential stream), rows of 768 at 17 four by four (four short
-// streams); rows of 12288 at 22 one by one (x re-read from the second level for every row) and at 25-31
-// four by four.
-constexpr int64_t LONG_ROW = 8192;
-
-// Σ_blocks d_x · d_w · Σ_32 x · q for one row of a Q8_0 matrix (k a multiple of 32): four blocks at a
-// time, each into its own sum, so the additions do not wait on each other.
-float dot_q8_0(const Int16Blocks& x, const int8_t* q, const f16* scales, int64_t k) {
-  int64_t blocks = k / 32, b = 0;
-  float sum = 0.0f;
-#if defined(__AVX512BW__)
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (; b + 4 <= blocks; b += 4) {
-    __m128 both = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b))),
-                             _mm_loadu_ps(x.d.data() + b));
-    __m512 four = _mm512_castps128_ps512(both);
-    for (int u = 0; u < 4; ++u) {
-      __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * (b + u))));
-      __m512i pairs = _mm512_madd_epi16(w, _mm512_loadu_si512(x.q.data() + 32 * (b + u)));
-      acc[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs), _mm512_permutexvar_ps(_mm512_set1_epi32(u), four), acc[u]);
-    }
-  }
-  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-#endif
-  for (; b < blocks; ++b) sum += from_f16(scales[b]) * x.d[b] * float(block_sum(x.q.data() + 32 * b, q + 32 * b));
-  return sum;
-}
-
-// Each row's float16 scales as float32, into `scale` (k / 32 per row).
-void widen_scales(const f16* scales, int64_t blocks, int rows, float* scale) {
-  for (int r = 0; r < rows; ++r) {
-    int64_t b = 0;
-#if defined(__AVX512F__)
-    for (; b + 16 <= blocks; b += 16)
-      _mm512_storeu_ps(scale + r * blocks + b,
-                       _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + r * blocks + b))));
-#endif
-    for (; b < blocks; ++b) scale[r * blocks + b] = from_f16(scales[r * blocks + b]);
-  }
-}
-
-// out[r] = the same for ROWS consecutive rows, which share each load of x (rows of LONG_ROW weights or
-// more). `scale` is scratch for ROWS · k / 32 floats.
-template <int ROWS>
-void dot_q8_0_rows(const Int16Blocks& x, const int8_t* q, const f16* scales, int64_t k, float* scale, float* out) {
-  int64_t blocks = k / 32, b = 0;
-  widen_scales(scales, blocks, ROWS, scale);
-  for (int r = 0; r < ROWS; ++r) out[r] = 0.0f;
-#if defined(__AVX512BW__)
-  __m512 acc[ROWS];
-  for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
-  for (; b < blocks; ++b) {
-    __m512i xb = _mm512_loadu_si512(x.q.data() + 32 * b);
-    for (int r = 0; r < ROWS; ++r) {
-      const int8_t* block = q + r * k + 32 * b;
-      if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(block) + ROWS * k, _MM_HINT_T0);   // the next rows
-      __m512i pairs = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block))), xb);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs), _mm512_set1_ps(scale[r * blocks + b] * x.d[b]), acc[r]);
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
-#endif
-  for (; b < blocks; ++b)
-    for (int r = 0; r < ROWS; ++r)
-      out[r] += scale[r * blocks + b] * x.d[b] * float(block_sum(x.q.data() + 32 * b, q + r * k + 32 * b));
-}
-
-// y (m, n) = x · W, W (k, n): each thread takes a contiguous band of W's rows (memory read in one sweep)
-// and sums it into its own partial outputs, which are then added up column by column.
-template <class W>
-void matvec_k_n(ffi::ThreadPool& pool, const std::vector<float>& x, const W* w, int64_t m, int64_t k, int64_t n,
-                ffi::Result<ffi::AnyBuffer>& y) {
-  int64_t count = workers_for(pool, n * k);
-  std::vector<float> partial(count * n);
-  for (int64_t t = 0; t < m; ++t) {
-    parallel(pool, count, [&](int64_t id) {
-      auto [begin, end] = part(k, 1, id, count);
-      rows_into(x.data() + t * k, w, begin, end, n, partial.data() + id * n);
-    });
-    parallel(pool, count, [&](int64_t id) {
-      auto [begin, end] = part(n, 16, id, count);
-      for (int64_t other = 1; other < count; ++other)
-        for (int64_t j = begin; j < end; ++j) partial[j] += partial[other * n + j];
-      store(y, t * n, partial.data(), begin, end);
-    });
-  }
-}
-
-// y (m, n) = x · Wᵀ, W (n, k): one dot product per output, each thread a contiguous band of rows.
-template <class W>
-void matvec_n_k(ffi::ThreadPool& pool, const std::vector<float>& x, const W* w, int64_t m, int64_t k, int64_t n,
-                ffi::Result<ffi::AnyBuffer>& y) {
-  int64_t count = workers_for(pool, n * k);
-  std::vector<float> row(n);
-  for (int64_t t = 0; t < m; ++t) {
-    parallel(pool, count, [&](int64_t id) {
-      auto [begin, end] = part(n, 16, id, count);
-      for (int64_t j = begin; j < end; ++j) row[j] = dot(x.data() + t * k, w + j * k, k);
-      store(y, t * n, row.data(), begin, end);
-    });
-  }
-}
-
-ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, bool out_in) {
+ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                  bool out_in) {
   auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 2 || !float_type(x.element_type()) || !float_type(w.element_type()) ||
       y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("llama_tf_matvec: x (m, k) and W of float32 or bfloat16");
-  int64_t m = xd[0], k = xd[1], n = out_in ? wd[0] : wd[1];
-  if ((out_in ? wd[1] : wd[0]) != k)
-    return ffi::Error::InvalidArgument("llama_tf_matvec: x's and W's inner sizes differ");
-  std::vector<float> xf = widened(x, m * k);
-  const void* data = w.untyped_data();
-  bool f32 = w.element_type() == ffi::DataType::F32;
-  if (out_in && f32) matvec_n_k(pool, xf, static_cast<const float*>(data), m, k, n, y);
-  if (out_in && !f32) matvec_n_k(pool, xf, static_cast<const bf16*>(data), m, k, n, y);
-  if (!out_in && f32) matvec_k_n(pool, xf, static_cast<const float*>(data), m, k, n, y);
-  if (!out_in && !f32) matvec_k_n(pool, xf, static_cast<const bf16*>(data), m, k, n, y);
+  if (const char* why = matvec_mismatch(xd[1], wd[0], wd[1], out_in))
+    return ffi::Error::InvalidArgument(std::string("llama_tf_matvec: ") + why);
+  matvec(pool_of(pool), floats(x), w.untyped_data(), w.element_type() == ffi::DataType::BF16, out_in, xd[0], xd[1],
+         out_in ? wd[0] : wd[1], floats(*y));
   return ffi::Error::Success();
 }
 
-ffi::Error MatVecQ8_0(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::AnyBuffer scales, ffi::Result<ffi::AnyBuffer> y) {
+ffi::Error MatVecQ8_0(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::AnyBuffer scales,
+                      ffi::Result<ffi::AnyBuffer> y) {
   auto xd = x.dimensions(), qd = q.dimensions(), sd = scales.dimensions();
   if (xd.size() != 2 || qd.size() != 2 || sd.size() != 2 || !float_type(x.element_type()) ||
       q.element_type() != ffi::DataType::S8 || scales.element_type() != ffi::DataType::F16 ||
       y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("llama_tf_matvec_q8_0: x (m, k), int8 W (n, k), float16 scales (n, k/32)");
-  int64_t m = xd[0], k = xd[1], n = qd[0];
-  if (qd[1] != k || k % 32 || sd[0] != n || sd[1] != k / 32)
-    return ffi::Error::InvalidArgument("llama_tf_matvec_q8_0: shapes disagree");
-  std::vector<float> xf = widened(x, m * k), row(n);
-  const int8_t* w = static_cast<const int8_t*>(q.untyped_data());
-  const f16* s = static_cast<const f16*>(scales.untyped_data());
-  int64_t count = workers_for(pool, n * k);
-  for (int64_t t = 0; t < m; ++t) {
-    Int16Blocks xt = to_int16_blocks(xf.data() + t * k, k);
-    parallel(pool, count, [&](int64_t id) {
-      auto [begin, end] = part(n, 16, id, count);
-      int64_t j = begin;
-      if (k >= LONG_ROW) {
-        std::vector<float> scale(4 * (k / 32));
-        for (; j + 4 <= end; j += 4) dot_q8_0_rows<4>(xt, w + j * k, s + j * (k / 32), k, scale.data(), row.data() + j);
-      }
-      for (; j < end; ++j) row[j] = dot_q8_0(xt, w + j * k, s + j * (k / 32), k);
-      store(y, t * n, row.data(), begin, end);
-    });
-  }
+  if (const char* why = q8_0_mismatch(xd[1], qd[0], qd[1], sd[0], sd[1]))
+    return ffi::Error::InvalidArgument(std::string("llama_tf_matvec_q8_0: ") + why);
+  matvec_q8_0(pool_of(pool), floats(x), static_cast<const int8_t*>(q.untyped_data()),
+              static_cast<const f16*>(scales.untyped_data()), xd[0], xd[1], qd[0], floats(*y));
   return ffi::Error::Success();
 }
 
