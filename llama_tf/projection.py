@@ -14,6 +14,7 @@ __all__ = ['Q8_0_BLOCK', 'WEIGHT_FORMATS', 'KERNEL_DTYPES', 'quantize_q8_0', 'de
            'one_row', 'Projection', 'projections']
 
 # %% ../notebooks/10_decoding_speed.ipynb #bea2bc6f
+import gc
 import math
 
 import keras
@@ -138,7 +139,11 @@ class Projection(keras.layers.Layer):
         come (for a loader that then fills them, or `to_q8_0`)."""
         in_features = self.kernel.shape[0]
         self._check_q8_0(in_features)
-        del self.kernel
+        gc.freeze()   # Keras collects garbage when a variable is deleted: a full pass over the heap, unless frozen
+        try:
+            del self.kernel
+        finally:
+            gc.unfreeze()
         self.weights_format = "q8_0"
         self._tracker.unlock()   # a built layer takes new variables only unlocked
         try:
