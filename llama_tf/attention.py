@@ -139,14 +139,14 @@ class Attention(keras.layers.Layer):
         """The queries q (batch, seq, n_heads, head_dim), in slots first_slot.., attending causally over
         the keys and values (batch, n_kv_heads, keys, head_dim) in slots 0.. (a row's from `start`), by
         `attention_impl`: `attend`, or tile by tile (a prefill longer than a block), or fused (a prompt)."""
-        query_slots = first_slot + ops.arange(ops.shape(q)[1])
+        seq = ops.shape(q)[1]
+        query_slots = first_slot + ops.arange(seq)
 
         def mask():   # built inside the branch that uses it: a tiled prefill never holds (seq, keys)
             return visible_keys(query_slots, ops.arange(ops.shape(k)[2]), start)
 
         def direct():                                                  # (batch, seq, heads, head_dim)
             return self.attend(q, k, v, mask())
-        seq = ops.shape(q)[1]
         if self.attention_impl == "tiled":
             return branch(seq > self.block_size, lambda: self.attend_tiled(q, k, v, query_slots[0], start), direct)
         if self.attention_impl == "fused":   # a decode step stays direct

@@ -168,11 +168,12 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
     # block of 32), bfloat16 2e-2 (TensorFlow rounds the products' inputs to bfloat16)
     assert max_relative_error(np.asarray(ours(*step)), np.asarray(plain(*step))) <= {
         "float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2}[dtype]
+    if dtype == "bfloat16":   # bfloat16: rounded products can pick another token at a near tie
+        return
     prompt = [token_ids[0, :8].tolist()]
     graph = Decoder(llm.model, llm.config.max_seq_len, xla=False)
     texts = [np.stack(list(graph(prompt, 8, Sampler())))]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernels, "tensorflow_ops", lambda: None)
         texts.append(np.stack(list(Decoder(llm.model, llm.config.max_seq_len, xla=False)(prompt, 8, Sampler()))))
-    if dtype != "bfloat16":   # bfloat16: rounded products can pick another token at a near tie
-        np.testing.assert_array_equal(texts[0], texts[1])
+    np.testing.assert_array_equal(texts[0], texts[1])
