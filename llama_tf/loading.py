@@ -31,8 +31,9 @@ __all__ = ["build_model", "assign_weights", "model_variables", "model_state", "b
 
 def model_variables(model, config: LlamaConfig) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
-    A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a projection that
-    holds Q8_0 blocks appears as the layer itself (its blocks are (out, in), as the file's)."""
+    A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a "float_out_in"
+    weight is (out, in), as the file's; a projection that holds Q8_0 blocks appears as the layer itself
+    (its blocks are (out, in) too)."""
     table = {"tok_embeddings.weight": (model.get_layer("tok_embeddings").embeddings, False),
              "norm.weight": (model.get_layer("norm").weight, False)}
     if not config.tie_embeddings:
@@ -48,7 +49,9 @@ def model_variables(model, config: LlamaConfig) -> dict:
 
 
 def _projection_weights(layer: Projection) -> tuple:
-    return (layer.kernel, True) if layer.weights_format == "float" else (layer, False)
+    if layer.weights_format == "float":
+        return layer.kernel, True
+    return (layer.weight, False) if layer.weights_format == "float_out_in" else (layer, False)
 
 
 def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
@@ -189,6 +192,8 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     `DeviceMesh`, JAX only), the weights are split over its devices by `llama_tf.distribution`'s
     layout, each tensor going from the file straight to its shards. `dtype="q8_0"`: a float32 model
     whose projections hold Q8_0 blocks, read as stored from a Q8_0 GGUF, else quantised tensor by tensor.
+    `dtype="bfloat16"` (without a mesh): projections hold their weights (out, in), as the file does
+    ("float_out_in"), which the one-token kernel reads fastest (notebook 10).
 
     The model is built inside Keras' `StatelessScope`, which creates the variables without computing
     their random initial values; each is then initialised straight from its checkpoint tensor, one at a
@@ -213,8 +218,9 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     try:
         with distribution, keras.StatelessScope():   # variables created in here are initialised when it exits
             model = build_llama(config, dtype="float32" if q8_0 else dtype, **options)
-            if q8_0:
-                _use_q8_0(model, global_state.get_global_attribute("uninitialized_variables"))
+            weights_format = "q8_0" if q8_0 else "float_out_in" if dtype == "bfloat16" and mesh is None else None
+            if weights_format:
+                _use_format(model, global_state.get_global_attribute("uninitialized_variables"), weights_format)
             loaders = _checked_loaders(model, config, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
@@ -234,13 +240,14 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     return model
 
 
-def _use_q8_0(model, pending: list):
-    "Switch every projection of a model whose variables are not yet initialised (`pending`) to Q8_0 blocks."
+def _use_format(model, pending: list, weights_format: str):
+    """Switch every projection of a model whose variables are not yet initialised (`pending`) to
+    `weights_format` (`Projection.use_format`)."""
     layers = projections(model)
     kernels = {id(layer.kernel) for layer in layers}
     pending[:] = [variable for variable in pending if id(variable) not in kernels]   # never initialised
     for layer in layers:
-        layer.use_q8_0()
+        layer.use_format(weights_format)
 
 
 def _initial_value(load, bar, shape, dtype, layout=None):

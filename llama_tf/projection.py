@@ -1,8 +1,9 @@
 """The projection layer and 8-bit weights: a compiled matrix-vector kernel for one-token steps, and llama.cpp's Q8_0 blocks.
 
 `Projection` is x · W without a bias: the `nn.Linear(bias=False)` of Meta's model as a Keras layer.
-It holds its weights as a float kernel (in, out), as `Dense` does, or as llama.cpp's Q8_0 blocks:
-int8 weights (out, in) with one float16 scale per 32 consecutive weights of a row (`quantize_q8_0`).
+It holds its weights as a float kernel (in, out), as `Dense` does, as a float matrix (out, in), as
+PyTorch's `Linear` and checkpoint files do, or as llama.cpp's Q8_0 blocks: int8 weights (out, in) with
+one float16 scale per 32 consecutive weights of a row (`quantize_q8_0`).
 On the JAX backend's CPU a call with one token in flight goes to llama_tf's compiled matrix-vector
 kernel (`llama_tf.kernels`), which reads the weights at memory speed; every other call is the plain
 product (the Q8_0 weights dequantised first)."""
@@ -25,7 +26,7 @@ from . import kernels
 
 # %% ../notebooks/10_decoding_speed.ipynb #15d626a0
 Q8_0_BLOCK = 32                    # weights per scale
-WEIGHT_FORMATS = ("float", "q8_0")
+WEIGHT_FORMATS = ("float", "float_out_in", "q8_0")
 
 
 def quantize_q8_0(w) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +87,14 @@ def one_row(product, x):
 # %% ../notebooks/10_decoding_speed.ipynb #72a65d00
 @keras.saving.register_keras_serializable(package="llama_tf")
 class Projection(keras.layers.Layer):
-    """x (..., in) -> x · W (..., units), without a bias. `weights_format` "float": a kernel (in, units) in
-    the layer's dtype, as `keras.layers.Dense` holds it; "q8_0": `q8_weights` int8 (units, in) and
-    `q8_scales` float16 (units, in // 32) (for inference: they are not trained). `to_q8_0()` turns
-    a float layer into a Q8_0 one."""
+    """x (..., in) -> x · W (..., units), without a bias, W held in one of three `weights_format`s:
+    - "float": `kernel` (in, units) in the layer's dtype, as `keras.layers.Dense` holds it;
+    - "float_out_in": `weight` (units, in) in the layer's dtype, as PyTorch's `Linear` holds it (one row per
+      output: the kernel reads it as one stream per thread; `llama_tf.load` holds bfloat16 models so);
+    - "q8_0": `q8_weights` int8 (units, in) and `q8_scales` float16 (units, in // 32) (for inference: they
+      are not trained). `to_q8_0()` turns a float layer into a Q8_0 one."""
+
+    VARIABLES = {"float": ("kernel",), "float_out_in": ("weight",), "q8_0": ("q8_weights", "q8_scales")}
 
     def __init__(self, units: int, weights_format: str = "float", **kwargs):
         super().__init__(**kwargs)
@@ -98,56 +103,71 @@ class Projection(keras.layers.Layer):
         self.units, self.weights_format = units, weights_format
 
     def build(self, input_shape):
-        if self.weights_format == "q8_0":
-            self._build_q8_0(input_shape[-1])
-        else:
-            self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                          initializer="glorot_uniform")
+        self._add_variables(input_shape[-1])
 
-    def _build_q8_0(self, in_features: int):
-        self._check_q8_0(in_features)
-        self.q8_weights = self.add_weight(name="q8_weights", shape=(self.units, in_features), dtype="int8",
-                                          initializer="zeros", trainable=False)
-        self.q8_scales = self.add_weight(name="q8_scales", shape=(self.units, in_features // Q8_0_BLOCK),
-                                         dtype="float16", initializer="zeros", trainable=False, autocast=False)
+    def _add_variables(self, in_features: int):
+        if self.weights_format == "float":
+            self.kernel = self.add_weight(name="kernel", shape=(in_features, self.units),
+                                          initializer="glorot_uniform")
+        elif self.weights_format == "float_out_in":
+            self.weight = self.add_weight(name="weight", shape=(self.units, in_features),
+                                          initializer="glorot_uniform")
+        else:
+            self._check_q8_0(in_features)
+            self.q8_weights = self.add_weight(name="q8_weights", shape=(self.units, in_features), dtype="int8",
+                                              initializer="zeros", trainable=False)
+            self.q8_scales = self.add_weight(name="q8_scales", shape=(self.units, in_features // Q8_0_BLOCK),
+                                             dtype="float16", initializer="zeros", trainable=False, autocast=False)
 
     def _check_q8_0(self, in_features: int):
         if in_features % Q8_0_BLOCK:
             raise ValueError(f"layer {self.name!r}: Q8_0 needs an input width that is a multiple of "
                              f"{Q8_0_BLOCK}, got {in_features}")
 
+    @property
+    def in_features(self) -> int:
+        first = getattr(self, self.VARIABLES[self.weights_format][0])   # (in, units) or (units, in)
+        return first.shape[0] if self.weights_format == "float" else first.shape[1]
+
     def call(self, x):
         if self.weights_format == "float":
             return linear(x, self.kernel)
+        if self.weights_format == "float_out_in":
+            return linear(x, self.weight, out_in=True)
         if uses_kernel(x):
             q, scales = ops.convert_to_tensor(self.q8_weights), ops.convert_to_tensor(self.q8_scales)
             return one_row(lambda row: kernels.matvec_q8_0(row, q, scales), x)
         return ops.matmul(x, ops.transpose(dequantize_q8_0(self.q8_weights, self.q8_scales, x.dtype)))
 
     def to_q8_0(self):
-        "Replace the float kernel by its Q8_0 blocks (a no-op on a Q8_0 layer)."
+        "Replace the float weights by their Q8_0 blocks (a no-op on a Q8_0 layer)."
         if self.weights_format == "q8_0":
             return
-        self._check_q8_0(self.kernel.shape[0])
-        q, scales = quantize_q8_0(ops.convert_to_numpy(ops.cast(self.kernel, "float32")).T)
-        self.use_q8_0()
+        self._check_q8_0(self.in_features)
+        w = self.weight if self.weights_format == "float_out_in" else ops.transpose(self.kernel)   # (out, in)
+        q, scales = quantize_q8_0(ops.convert_to_numpy(ops.cast(w, "float32")))
+        self.use_format("q8_0")
         self.q8_weights.assign(q)
         self.q8_scales.assign(scales)
 
-    def use_q8_0(self):
-        """Hold the weights as Q8_0 from now on: the kernel variable goes, zeroed `q8_weights` and `q8_scales`
-        come (for a loader that then fills them, or `to_q8_0`)."""
-        in_features = self.kernel.shape[0]
-        self._check_q8_0(in_features)
+    def use_format(self, weights_format: str):
+        """Hold the weights in `weights_format` from now on: the layer's variables go, new ones of the new
+        format come, uninitialised (for a loader that then fills them, or `to_q8_0`)."""
+        if weights_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weights_format must be one of {', '.join(WEIGHT_FORMATS)}, got {weights_format!r}")
+        in_features = self.in_features
+        if weights_format == "q8_0":
+            self._check_q8_0(in_features)
         gc.freeze()   # Keras collects garbage when a variable is deleted: a full pass over the heap, unless frozen
         try:
-            del self.kernel
+            for name in self.VARIABLES[self.weights_format]:
+                delattr(self, name)
         finally:
             gc.unfreeze()
-        self.weights_format = "q8_0"
+        self.weights_format = weights_format
         self._tracker.unlock()   # a built layer takes new variables only unlocked
         try:
-            self._build_q8_0(in_features)
+            self._add_variables(in_features)
         finally:
             self._tracker.lock()
 

@@ -1,5 +1,6 @@
-"""8-bit weights (Q8_0) and the projection layer: quantising a model or loading a Q8_0 GGUF as it is stored,
-the blocks equal to llama.cpp's format, logits equal to the dequantised weights' model, the default
+"""8-bit weights (Q8_0) and the projection layer's weight formats: float weights held (out, in) equal to
+the (in, out) kernel, and what bfloat16 models load as; quantising a model or loading a Q8_0 GGUF as it is
+stored, the blocks equal to llama.cpp's format, logits equal to the dequantised weights' model, the default
 model's held-out likelihood within 0.5 % of float32, and on the JAX backend the compiled kernel's step
 equal to the plain one."""
 
@@ -68,8 +69,40 @@ def test_a_quantised_layer_computes_with_its_blocks():
     narrow.build((1, 40))
     with pytest.raises(ValueError, match="layer 'w2': Q8_0 needs an input width that is a multiple of 32, got 40"):
         narrow.to_q8_0()
-    with pytest.raises(ValueError, match="weights_format must be one of float, q8_0"):
+    with pytest.raises(ValueError, match="weights_format must be one of float, float_out_in, q8_0, got 'int8'"):
         Projection(8, weights_format="int8")
+    with pytest.raises(ValueError, match="weights_format must be one of float, float_out_in, q8_0, got 'rows'"):
+        narrow.use_format("rows")
+
+
+def test_a_float_out_in_layer_equals_a_float_one():
+    """The same weights held (out, in) give the same product for a prompt and for one token (on JAX, the
+    kernel's two layouts), are trained, and quantise to the same blocks."""
+    x = np.random.default_rng(2).standard_normal((2, 3, 64)).astype("float32")
+    columns = Projection(48, name="wq")
+    columns(x)
+    rows = Projection(48, weights_format="float_out_in", name="wq")
+    rows.build((1, 64))
+    assert [(v.name, tuple(v.shape)) for v in rows.weights] == [("weight", (48, 64))]
+    assert rows.trainable_weights and Projection.from_config(rows.get_config()).weights_format == "float_out_in"
+    rows.weight.assign(keras.ops.transpose(columns.kernel))
+    for inputs in (x, x[:1, :1]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(rows(inputs)),
+                                   keras.ops.convert_to_numpy(columns(inputs)), rtol=1e-5, atol=1e-6)
+    columns.to_q8_0()
+    rows.to_q8_0()
+    for a, b in zip(columns.weights, rows.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_bfloat16_models_hold_their_projections_out_in(directory, token_ids):
+    "As the file stores them: saved back, they are the file's weights rounded to bfloat16."
+    llm = llama_tf.load(directory, dtype="bfloat16")
+    assert {layer.weights_format for layer in projections(llm.model)} == {"float_out_in"}
+    stored = read_checkpoint(directory).tensors["layers.1.feed_forward.w2.weight"].load()
+    saved = model_state(llm.model, llm.config)["layers.1.feed_forward.w2.weight"]
+    np.testing.assert_array_equal(saved.astype("float32"), stored.astype(saved.dtype).astype("float32"))
+    assert {layer.weights_format for layer in projections(llama_tf.load(directory).model)} == {"float"}
 
 
 def test_quantize_and_load_q8_0_agree(directory, token_ids):

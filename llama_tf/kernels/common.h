@@ -133,6 +133,29 @@ float dot(const float* x, const W* row, int64_t k) {
   return sum;
 }
 
+// Σ_i x[i] · row[i] for x and the row both bfloat16 (a bfloat16 model's activations and weights): with
+// AVX512-BF16, one instruction (vdpbf16ps) multiplies 32 pairs, exactly, and adds them into float32 sums, as
+// llama.cpp's bfloat16 product does; 64 bytes of weights cost one instruction instead of two widenings,
+// two shifts and two multiply-adds.
+inline float dot(const bf16* x, const bf16* row, int64_t k) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if defined(__AVX512BF16__)
+  auto pairs = [](const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); };
+  __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps();
+  for (; i + 128 <= k; i += 128) {
+    a = _mm512_dpbf16_ps(a, pairs(row + i), pairs(x + i));
+    b = _mm512_dpbf16_ps(b, pairs(row + i + 32), pairs(x + i + 32));
+    c = _mm512_dpbf16_ps(c, pairs(row + i + 64), pairs(x + i + 64));
+    d = _mm512_dpbf16_ps(d, pairs(row + i + 96), pairs(x + i + 96));
+  }
+  for (; i + 32 <= k; i += 32) a = _mm512_dpbf16_ps(a, pairs(row + i), pairs(x + i));
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+#endif
+  for (; i < k; ++i) sum += from_bf16(x[i]) * from_bf16(row[i]);
+  return sum;
+}
+
 // A float32 or bfloat16 array.
 struct Floats {
   void* data;

@@ -177,16 +177,16 @@ void matvec_k_n(const Pool& pool, const std::vector<float>& x, const W* w, int64
   }
 }
 
-// y (m, n) = x · Wᵀ, W (n, k): one dot product per output, each thread a contiguous band of rows.
-template <class W>
-void matvec_n_k(const Pool& pool, const std::vector<float>& x, const W* w, int64_t m, int64_t k, int64_t n,
-                Floats y) {
+// y (m, n) = x · Wᵀ, W (n, k): one dot product per output, each thread a contiguous band of rows (one
+// sequential stream, which the hardware prefetches well even where rows are short).
+template <class X, class W>
+void matvec_n_k(const Pool& pool, const X* x, const W* w, int64_t m, int64_t k, int64_t n, Floats y) {
   int64_t count = workers_for(pool, n * k);
   std::vector<float> row(n);
   for (int64_t t = 0; t < m; ++t) {
     parallel(pool, count, [&](int64_t id) {
       auto [begin, end] = part(n, 16, id, count);
-      for (int64_t j = begin; j < end; ++j) row[j] = dot(x.data() + t * k, w + j * k, k);
+      for (int64_t j = begin; j < end; ++j) row[j] = dot(x + t * k, w + j * k, k);
       store(y, t * n, row.data(), begin, end);
     });
   }
@@ -202,12 +202,17 @@ inline const char* q8_0_mismatch(int64_t k, int64_t q_rows, int64_t q_cols, int6
   return agree ? nullptr : "shapes disagree (W (n, k) for k a multiple of 32, scales (n, k / 32))";
 }
 
-// y (m, n) = x (m, k) · W for W float32 or bfloat16 (`w_bf16`), (k, n), or with `out_in` (n, k).
+// y (m, n) = x (m, k) · W for W float32 or bfloat16 (`w_bf16`), (k, n), or with `out_in` (n, k). Where x
+// and W (n, k) are both bfloat16, the pairs are multiplied as they are (`dot` of two bfloat16 arrays).
 inline void matvec(const Pool& pool, Floats x, const void* w, bool w_bf16, bool out_in, int64_t m, int64_t k,
                    int64_t n, Floats y) {
+  if (out_in && w_bf16 && x.bf16) {
+    matvec_n_k(pool, static_cast<const bf16*>(x.data), static_cast<const bf16*>(w), m, k, n, y);
+    return;
+  }
   std::vector<float> xf = widened(x, m * k);
-  if (out_in && !w_bf16) matvec_n_k(pool, xf, static_cast<const float*>(w), m, k, n, y);
-  if (out_in && w_bf16) matvec_n_k(pool, xf, static_cast<const bf16*>(w), m, k, n, y);
+  if (out_in && !w_bf16) matvec_n_k(pool, xf.data(), static_cast<const float*>(w), m, k, n, y);
+  if (out_in && w_bf16) matvec_n_k(pool, xf.data(), static_cast<const bf16*>(w), m, k, n, y);
   if (!out_in && !w_bf16) matvec_k_n(pool, xf, static_cast<const float*>(w), m, k, n, y);
   if (!out_in && w_bf16) matvec_k_n(pool, xf, static_cast<const bf16*>(w), m, k, n, y);
 }
