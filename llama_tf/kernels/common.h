@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -133,27 +134,39 @@ float dot(const float* x, const W* row, int64_t k) {
   return sum;
 }
 
-// Σ_i x[i] · row[i] for x and the row both bfloat16 (a bfloat16 model's activations and weights): with
-// AVX512-BF16, one instruction (vdpbf16ps) multiplies 32 pairs, exactly, and adds them into float32 sums, as
-// llama.cpp's bfloat16 product does; 64 bytes of weights cost one instruction instead of two widenings,
-// two shifts and two multiply-adds.
-inline float dot(const bf16* x, const bf16* row, int64_t k) {
+// out[s] = Σ_i x[i] · rows[s][i] for S rows at once, each load of x shared by the S rows. Where x and the
+// rows are both bfloat16 (a bfloat16 model's activations and weights), AVX512-BF16's vdpbf16ps multiplies
+// 32 pairs per instruction, exactly, into float32 sums, as llama.cpp's bfloat16 product does; else
+// each weight is widened to float32.
+template <int S, class X, class W>
+void dot_rows(const X* x, const W* const* rows, int64_t k, float* out) {
   int64_t i = 0;
-  float sum = 0.0f;
+  for (int s = 0; s < S; ++s) out[s] = 0.0f;
 #if defined(__AVX512BF16__)
-  auto pairs = [](const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); };
-  __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps();
-  for (; i + 128 <= k; i += 128) {
-    a = _mm512_dpbf16_ps(a, pairs(row + i), pairs(x + i));
-    b = _mm512_dpbf16_ps(b, pairs(row + i + 32), pairs(x + i + 32));
-    c = _mm512_dpbf16_ps(c, pairs(row + i + 64), pairs(x + i + 64));
-    d = _mm512_dpbf16_ps(d, pairs(row + i + 96), pairs(x + i + 96));
+  if constexpr (std::is_same_v<X, bf16> && std::is_same_v<W, bf16>) {
+    auto pairs = [](const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); };
+    __m512 sums[S];
+    for (int s = 0; s < S; ++s) sums[s] = _mm512_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+      __m512bh xs = pairs(x + i);
+      for (int s = 0; s < S; ++s) sums[s] = _mm512_dpbf16_ps(sums[s], pairs(rows[s] + i), xs);
+    }
+    for (int s = 0; s < S; ++s) out[s] = _mm512_reduce_add_ps(sums[s]);
   }
-  for (; i + 32 <= k; i += 32) a = _mm512_dpbf16_ps(a, pairs(row + i), pairs(x + i));
-  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
 #endif
-  for (; i < k; ++i) sum += from_bf16(x[i]) * from_bf16(row[i]);
-  return sum;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<X, float>) {
+    __m512 sums[S];
+    for (int s = 0; s < S; ++s) sums[s] = _mm512_setzero_ps();
+    for (; i + 16 <= k; i += 16) {
+      __m512 xs = _mm512_loadu_ps(x + i);
+      for (int s = 0; s < S; ++s) sums[s] = _mm512_fmadd_ps(load16(rows[s] + i), xs, sums[s]);
+    }
+    for (int s = 0; s < S; ++s) out[s] = _mm512_reduce_add_ps(sums[s]);
+  }
+#endif
+  for (; i < k; ++i)
+    for (int s = 0; s < S; ++s) out[s] += widen(x[i]) * widen(rows[s][i]);
 }
 
 // A float32 or bfloat16 array.
