@@ -6,8 +6,8 @@
 // whatever the weights' type:
 //
 //   matvec       W float32 or bfloat16, stored (k, n) (a Keras Dense kernel: each input's row of weights
-//                is added into all n outputs) or (n, k) (an embedding table used as the output
-//                projection: one dot product per output)
+//                is added into all n outputs) or (n, k) (a projection held as the file holds it, or an
+//                embedding table used as the output projection: one dot product per output)
 //   matvec_q8_0  W as llama.cpp's Q8_0: int8 (n, k) and one float16 scale per 32 weights (n, k/32)
 //
 // x and y are float32 or bfloat16 (y in x's type). Built with -march=native on the machine that runs it
