@@ -114,7 +114,8 @@ void parallel(const Pool& pool, int64_t count, const Body& body) {
   while (progress->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
 
-// Σ_i x[i] · row[i]: one output of W (n, k).
+// Σ_i x[i] · row[i] in four sums side by side: one attention score (attention.cc). The products use
+// dot_rows below, which reads several rows at once.
 template <class W>
 float dot(const float* x, const W* row, int64_t k) {
   int64_t i = 0;
