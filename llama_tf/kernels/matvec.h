@@ -157,13 +157,26 @@ void matvec_k_n(const Pool& pool, const std::vector<float>& x, const W* w, int64
   }
 }
 
-// y (m, n) = x · Wᵀ, W (n, k): one dot product per output. Each thread takes a contiguous band of outputs
-// and reads it as STREAMS sub-bands side by side, one row of each at a time: STREAMS long sequential
-// streams, which keep more of memory's bandwidth busy than one. Measured on Zen 5, bfloat16, two threads:
-// rows of 2048 and 5632 weights read at 25-28 GB/s with one stream a thread, 33-34 with four (8: 27-32);
-// rows of 768 at 37-41 with one, 39-44 with four.
+// A thread's band of outputs [begin, end) of W (n, k), read as STREAMS sub-bands side by side, one row of
+// each at a time: STREAMS long sequential streams, which keep more of memory's bandwidth busy than one.
+// Measured on Zen 5, bfloat16, two threads: rows of 2048 and 5632 weights read at 25-28 GB/s with one
+// stream a thread, 33-34 with four (8: 27-32); rows of 768 at 37-41 with one, 39-44 with four.
+// `rows(S, js)` computes the S outputs js[0..S) (S a std::integral_constant: STREAMS, then 1 for each of
+// the last few rows).
 constexpr int STREAMS = 4;
 
+template <class Rows>
+void in_sub_bands(int64_t begin, int64_t end, const Rows& rows) {
+  int64_t per = (end - begin) / STREAMS;   // rows of each sub-band
+  for (int64_t i = 0; i < per; ++i) {
+    int64_t js[STREAMS];
+    for (int s = 0; s < STREAMS; ++s) js[s] = begin + s * per + i;
+    rows(std::integral_constant<int, STREAMS>(), js);
+  }
+  for (int64_t j = begin + STREAMS * per; j < end; ++j) rows(std::integral_constant<int, 1>(), &j);
+}
+
+// y (m, n) = x · Wᵀ, W (n, k): one dot product per output, each thread a contiguous band of outputs.
 template <class X, class W>
 void matvec_n_k(const Pool& pool, const X* x, const W* w, int64_t m, int64_t k, int64_t n, Floats y) {
   int64_t count = workers_for(pool, n * k);
@@ -171,18 +184,14 @@ void matvec_n_k(const Pool& pool, const X* x, const W* w, int64_t m, int64_t k, 
   for (int64_t t = 0; t < m; ++t) {
     parallel(pool, count, [&](int64_t id) {
       auto [begin, end] = part(n, 16, id, count);
-      int64_t per = (end - begin) / STREAMS;   // rows of each sub-band; the last few rows after them
-      for (int64_t i = 0; i < per; ++i) {
-        const W* rows[STREAMS];
-        float sums[STREAMS];
-        for (int s = 0; s < STREAMS; ++s) rows[s] = w + (begin + s * per + i) * k;
-        dot_rows<STREAMS>(x + t * k, rows, k, sums);
-        for (int s = 0; s < STREAMS; ++s) row[begin + s * per + i] = sums[s];
-      }
-      for (int64_t j = begin + STREAMS * per; j < end; ++j) {
-        const W* rest = w + j * k;
-        dot_rows<1>(x + t * k, &rest, k, &row[j]);
-      }
+      in_sub_bands(begin, end, [&](auto streams, const int64_t* js) {
+        constexpr int S = decltype(streams)::value;
+        const W* rows[S];
+        float sums[S];
+        for (int s = 0; s < S; ++s) rows[s] = w + js[s] * k;
+        dot_rows<S>(x + t * k, rows, k, sums);
+        for (int s = 0; s < S; ++s) row[js[s]] = sums[s];
+      });
       store(y, t * n, row.data(), begin, end);
     });
   }
@@ -213,8 +222,8 @@ inline void matvec(const Pool& pool, Floats x, const void* w, bool w_bf16, bool 
   if (!out_in && w_bf16) matvec_k_n(pool, xf, static_cast<const bf16*>(w), m, k, n, y);
 }
 
-// y (m, n) = x (m, k) · Wᵀ for W as Q8_0: int8 q (n, k) and float16 scales (n, k / 32). Each thread reads
-// its band of rows as STREAMS sub-bands side by side, as matvec_n_k does.
+// y (m, n) = x (m, k) · Wᵀ for W as Q8_0: int8 q (n, k) and float16 scales (n, k / 32), each thread's band
+// of rows read in sub-bands, as matvec_n_k reads it.
 inline void matvec_q8_0(const Pool& pool, Floats x, const int8_t* q, const f16* scales, int64_t m, int64_t k,
                         int64_t n, Floats y) {
   std::vector<float> xf = widened(x, m * k), row(n);
@@ -223,24 +232,16 @@ inline void matvec_q8_0(const Pool& pool, Floats x, const int8_t* q, const f16* 
     Int16Blocks xt = to_int16_blocks(xf.data() + t * k, k);
     parallel(pool, count, [&](int64_t id) {
       auto [begin, end] = part(n, 16, id, count);
-      int64_t per = (end - begin) / STREAMS;   // rows of each sub-band; the last few rows after them
       std::vector<float> scale(STREAMS * blocks);
-      for (int64_t i = 0; i < per; ++i) {
-        const int8_t* rows[STREAMS];
-        const f16* row_scales[STREAMS];
-        float sums[STREAMS];
-        for (int s = 0; s < STREAMS; ++s) {
-          int64_t j = begin + s * per + i;
-          rows[s] = q + j * k, row_scales[s] = scales + j * blocks;
-        }
-        dot_q8_0_rows<STREAMS>(xt, rows, row_scales, k, scale.data(), sums);
-        for (int s = 0; s < STREAMS; ++s) row[begin + s * per + i] = sums[s];
-      }
-      for (int64_t j = begin + STREAMS * per; j < end; ++j) {
-        const int8_t* rest = q + j * k;
-        const f16* rest_scales = scales + j * blocks;
-        dot_q8_0_rows<1>(xt, &rest, &rest_scales, k, scale.data(), &row[j]);
-      }
+      in_sub_bands(begin, end, [&](auto streams, const int64_t* js) {
+        constexpr int S = decltype(streams)::value;
+        const int8_t* rows[S];
+        const f16* row_scales[S];
+        float sums[S];
+        for (int s = 0; s < S; ++s) rows[s] = q + js[s] * k, row_scales[s] = scales + js[s] * blocks;
+        dot_q8_0_rows<S>(xt, rows, row_scales, k, scale.data(), sums);
+        for (int s = 0; s < S; ++s) row[js[s]] = sums[s];
+      });
       store(y, t * n, row.data(), begin, end);
     });
   }
