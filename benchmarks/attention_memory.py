@@ -1,4 +1,4 @@
-"""Memory and time of attention, reference (the whole score matrix) against tiled (notebook 08).
+"""Memory and time of attention, reference (the whole score matrix) against tiled (notebook 10).
 
     python benchmarks/attention_memory.py            # about 15 minutes on a 2-core CPU
 

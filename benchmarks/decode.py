@@ -365,7 +365,7 @@ def make_sharded_weights(model_dir: Path, shape: str, dtype: str, **_) -> dict:
     import llama_models
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from llama_tf.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
+    from llama_tf.tokenizers.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
 
     ranks = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
     TikTokenConverter(vocab_file=str(ranks), extra_special_tokens=LLAMA3_SPECIAL_TOKENS).converted() \
@@ -380,10 +380,11 @@ def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     import llama_tf
     from llama_tf.formats import read_checkpoint
     from llama_tf.formats.gguf import write_gguf
+    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
 
     checkpoint = read_checkpoint(model_dir)
     write_gguf(model_dir / f"model-{dtype}.gguf", checkpoint.config,
-               {name: ref.load for name, ref in checkpoint.tensors.items()}, llama_tf.Tokenizer(tokenizer),
+               {name: ref.load for name, ref in checkpoint.tensors.items()}, gguf_vocabulary(llama_tf.Tokenizer(tokenizer)),
                {"float32": "F32", "bfloat16": "BF16"}[dtype])
     return {}
 

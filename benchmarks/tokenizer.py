@@ -40,7 +40,7 @@ def main() -> None:
     from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
     import llama_models
     from transformers.convert_slow_tokenizer import TikTokenConverter
-    from llama_tf.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
+    from llama_tf.tokenizers.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, default=llama_tf.assets.find("tinyshakespeare"))

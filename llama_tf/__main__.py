@@ -93,7 +93,7 @@ def command(args) -> int | None:
 
 def chat(llm, args) -> int:
     "The interactive conversation of `python -m llama_tf chat`: one line in, one streamed reply out."
-    from llama_tf.generation import Sampler
+    from llama_tf.sampling import Sampler
 
     Sampler(args.temperature, 0, args.top_p, args.seed)      # bad sampling settings fail now, not at the first reply
     if sys.stdin.isatty():

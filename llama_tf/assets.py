@@ -1,8 +1,8 @@
 """Files the notebooks read that this repository does not ship: found on disk, else downloaded once.
 
-Three are known: the Tiny Shakespeare corpus (`"tinyshakespeare"`, notebook 07 trains on it), Meta's
-LLaMA / Llama 2 SentencePiece tokenizer (`"llama-tokenizer"`, notebooks 01 and 06 show it) and Meta's
-Llama 3 tokenizer (`"llama3-tokenizer"`, notebook 09 takes it apart).
+Three are known: the Tiny Shakespeare corpus (`"tinyshakespeare"`, notebook 09 trains on it), Meta's
+LLaMA / Llama 2 SentencePiece tokenizer (`"llama-tokenizer"`, notebooks 01 and 07 show it) and Meta's
+Llama 3 tokenizer (`"llama3-tokenizer"`, notebook 11 takes it apart).
 
 - `find(name)` looks in the shared folder (`$LLAMA_TF_SHARED`, default: `shared/` beside this
   repository, where the project's tests and CI keep them), then in an installed package that ships

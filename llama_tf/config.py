@@ -3,6 +3,7 @@
 Fields are named as in Meta's `params.json` (`dim`, `n_layers`, `n_heads`, `n_kv_heads`, `hidden_dim`,
 `norm_eps`, `rope_theta`, ...); `from_meta_params` and `from_hf_config` read either file's spelling,
 `num_parameters` counts the weights from the shapes alone, and an inconsistent value raises `ValueError`.
+`ffn_hidden_dim` is Meta's rule for the feed-forward width (notebook 03). A leaf: imports nothing of llama_tf.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from llama_tf.feed_forward import ffn_hidden_dim
-
-__all__ = ["LlamaConfig", "rope_scaling"]
+__all__ = ["LlamaConfig", "rope_scaling", "ffn_hidden_dim"]
 
 # Meta's reference code for Llama 3.1 (`apply_scaling` in llama-models) fixes these; params.json only says
 # `use_scaled_rope`. (Llama 3.2's Hugging Face config.json says factor 32; its params.json cannot, and
@@ -22,6 +21,15 @@ META_LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 
                        "original_max_position_embeddings": 8192}
 _SCALING_KEYS = {"linear": ("factor",),
                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """SwiGLU hidden width from the model width, as Meta's `FeedForward` computes it (notebook 03): 2/3 of
+    4·dim, scaled by `ffn_dim_multiplier`, rounded up to a multiple of `multiple_of`."""
+    hidden_dim = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden_dim = int(ffn_dim_multiplier * hidden_dim)
+    return multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
 
 
 def rope_scaling(spec: dict | None) -> dict | None:
@@ -128,10 +136,6 @@ class LlamaConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LlamaConfig:
-        return cls(**d)
 
     @classmethod
     def from_meta_params(cls, params: dict, vocab_size: int | None = None) -> LlamaConfig:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from llama_tf.formats import read_checkpoint
 from llama_tf.formats.hf import write_hf
-from llama_tf.llm import open_tokenizer
+from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
+from llama_tf.tokenizers.search import open_tokenizer
 
 __all__ = ["convert", "FORMATS", "DTYPES"]
 
@@ -34,10 +35,10 @@ def convert(source: str | Path, destination: str | Path, to: str | None = None, 
         allowed = list(DTYPES) if to == "gguf" else [d for d in DTYPES if d != "q8_0"]
         raise ValueError(f"dtype {dtype!r} for {to}: one of {', '.join(allowed)}")
     checkpoint = read_checkpoint(source)
-    vocabulary = open_tokenizer(checkpoint, source, tokenizer)
+    tokenizer = open_tokenizer(checkpoint, source, tokenizer)   # it goes along
     tensors = {name: ref.load for name, ref in checkpoint.tensors.items()}
     if to == "gguf":
         from llama_tf.formats.gguf import write_gguf
 
-        return write_gguf(destination, checkpoint.config, tensors, vocabulary, DTYPES[dtype])
-    return write_hf(destination, checkpoint.config, tensors, dtype, vocabulary.files())
+        return write_gguf(destination, checkpoint.config, tensors, gguf_vocabulary(tokenizer), DTYPES[dtype])
+    return write_hf(destination, checkpoint.config, tensors, dtype, tokenizer.files())

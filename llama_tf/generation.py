@@ -2,16 +2,15 @@
 
 `Decoder` runs the prompt through the model once and then one token per step on a key/value cache, in
 one step compiled the way the Keras backend wants (`compiled_step`: a `tf.function` on TensorFlow, a
-`jax.jit` on JAX, eager PyTorch without autograd); `Sampler` picks each token (greedy, temperature,
-top-k, top-p, seeded); `TextStream` turns ids into text as they arrive, holding back incomplete UTF-8
-and possible stop strings.
-`LLM.generate` (in `llama_tf.llm`) puts these together; notebook 06 explains the cache they run on.
+`jax.jit` on JAX, eager PyTorch without autograd); `Sampler` (`llama_tf.sampling`, notebook 08) picks
+each token (greedy, temperature, top-k, top-p, seeded); `TextStream` turns ids into text as they
+arrive, holding back incomplete UTF-8 and possible stop strings.
+`LLM.generate` (in `llama_tf.llm`) puts these together; notebook 07 explains the cache they run on.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator, Sequence
 
 import keras
@@ -19,8 +18,9 @@ import numpy as np
 
 from llama_tf import kernels
 from llama_tf.backend import inference, to_numpy
-from llama_tf.model import _blocks, call_with_cache, new_cache
+from llama_tf.model import call_with_cache, new_cache, transformer_blocks
 from llama_tf.projection import projections
+from llama_tf.sampling import Sampler, is_int
 
 __all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
 
@@ -29,59 +29,13 @@ GREEDY_STEPS = 16  # greedy decode steps per compiled call on JAX
 XLA_MAX_PARAMETERS = 500_000_000  # TensorFlow: XLA decode steps for float32 models below this (Decoder)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-class Sampler:
-    """Chooses the next token from logits: greedy at `temperature` 0, else a draw from
-    softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all) and then to
-    the nucleus of probability `top_p` (Meta's rule: the most likely tokens whose cumulative
-    probability before them is at most `top_p`). Draws are reproducible for a given `seed`."""
-
-    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if not _is_int(top_k) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
-        if seed is not None and not _is_int(seed):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, logits) -> np.ndarray:
-        """(batch, vocab) float logits, NumPy or a backend tensor -> (batch,) int32 token ids. Greedy
-        picks on the device, so that only the ids come back (at batch 64 and 128k tokens, the logits
-        are 32 MB a step); sampling brings the logits to NumPy."""
-        if self.temperature == 0:
-            return to_numpy(keras.ops.argmax(logits, axis=-1)).astype("int32")
-        logits = to_numpy(logits)
-        logits = np.asarray(logits, "float64") / self.temperature
-        order = np.argsort(-logits, axis=-1, kind="stable")                # most likely first
-        if self.top_k:
-            order = order[:, : self.top_k]
-        ranked = np.take_along_axis(logits, order, axis=-1)
-        probs = np.exp(ranked - ranked[:, :1])
-        probs /= probs.sum(axis=-1, keepdims=True)
-        if self.top_p < 1:
-            before = np.cumsum(probs, axis=-1) - probs                      # mass of the more likely tokens
-            probs = np.where(before > self.top_p, 0.0, probs)
-        cumulative = np.cumsum(probs, axis=-1)
-        u = self.rng.random((len(probs), 1)) * cumulative[:, -1:]
-        pick = np.minimum((cumulative <= u).sum(axis=-1), order.shape[1] - 1)
-        return order[np.arange(len(order)), pick].astype("int32")
-
-
 def compiled_step(model: keras.Model):
     """`step(ids, cache, index, start) -> (logits, cache)`: `call_with_cache` compiled for the backend;
     `cache` None is the prefill's empty cache (made inside the compiled function on JAX).
 
     - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once, for the
       prefill and decode steps; a batch of one token traced apart, inside `kernels.graph_step()`, so
-      that its products are llama_tf's compiled ops where they are built (notebook 10); decode steps on
+      that its products are llama_tf's compiled ops where they are built (notebook 12); decode steps on
       a cache held in `tf.Variable`s (`_in_place`) run under XLA instead, compiled once per batch size
       and cache capacity.
     - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
@@ -93,7 +47,7 @@ def compiled_step(model: keras.Model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        blocks = _blocks(model)
+        blocks = transformer_blocks(model)
         attention = blocks[0].attention
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
         signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
@@ -190,7 +144,7 @@ class Decoder:
         """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
         size and cache length, instead of in the graph step (traced once for every shape, and once for a
         batch of one token, whose products go to llama_tf's compiled ops where they are built: notebook
-        10). XLA removes the graph's per-op overhead but its CPU products are slower. Measured on 2 cores,
+        12). XLA removes the graph's per-op overhead but its CPU products are slower. Measured on 2 cores,
         batch 1 (tokens/s, XLA's against the graph's with the ops): 44 against 37 at 134M parameters in
         float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
         default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with Q8_0
@@ -201,7 +155,7 @@ class Decoder:
         q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
         default = xla is None
         if default and tensorflow:
-            xla = _blocks(model)[0].attention.compute_dtype == "float32" and (
+            xla = transformer_blocks(model)[0].attention.compute_dtype == "float32" and (
                 q8_0 or model.count_params() < XLA_MAX_PARAMETERS)
         self.in_place = bool(xla) and tensorflow
         self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None
@@ -216,14 +170,14 @@ class Decoder:
         the next token of every row, step by step, as a (batch,) array; a row that has finished (it
         produced one of `stop_ids`, or its context is full) yields -1 from then on. Ends when every
         row has finished or after `max_new_tokens` steps."""
-        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        if not is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         lengths = np.array([len(p) for p in prompts])
         if len(prompts) == 0 or lengths.min() == 0:
             raise ValueError("every prompt needs at least one token (BOS counts)")
         vocab = self.model.output_shape[-1]
         for row, prompt in enumerate(prompts):
-            bad = [t for t in prompt if not _is_int(t) or not 0 <= t < vocab]
+            bad = [t for t in prompt if not is_int(t) or not 0 <= t < vocab]
             if bad:
                 where = "the prompt" if len(prompts) == 1 else f"prompt {row}"
                 raise ValueError(f"{where} holds token id {bad[0]!r}, outside the vocabulary (0..{vocab - 1})")

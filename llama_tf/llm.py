@@ -20,40 +20,16 @@ import numpy as np
 from llama_tf.formats import CheckpointError, read_checkpoint
 from llama_tf.loading import build_model
 from llama_tf.config import LlamaConfig
-from llama_tf.generation import Decoder, Sampler, TextStream
-from llama_tf.tokenizer import Tokenizer
+from llama_tf.generation import Decoder, TextStream
+from llama_tf.sampling import Sampler
+from llama_tf.tokenizers.search import open_tokenizer
+from llama_tf.tokenizers.tokenizer import Tokenizer
 
-__all__ = ["LLM", "load", "find_tokenizer", "open_tokenizer", "DEFAULT_WEIGHTS"]
+__all__ = ["LLM", "load", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
 # The model this project trains and ships (see weights/README.md); used when no checkpoint is named.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shakespeare"
-
-
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")
-
-
-def find_tokenizer(directory: str | Path) -> Path | None:
-    """The tokenizer beside the weights, or one level up (Meta's downloads keep it there):
-    `tokenizer.model` (SentencePiece, or Llama 3's tiktoken ranks), else Hugging Face's `tokenizer.json`,
-    else llama2.c's `tokenizer.bin`."""
-    directory = Path(directory)
-    for folder in (directory, directory.parent):
-        for name in TOKENIZER_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def open_tokenizer(checkpoint, path: str | Path, tokenizer: str | Path | Tokenizer | None = None) -> Tokenizer:
-    "`tokenizer` if given (a `Tokenizer` or a file), else the one a GGUF file carries, else the one beside the weights."
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    tokenizer_path = tokenizer or (Path(path) if checkpoint.format == "gguf" else find_tokenizer(checkpoint.directory))
-    if tokenizer_path is None:
-        raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {checkpoint.directory} or its parent; "
-                                "pass tokenizer=PATH")
-    return Tokenizer(tokenizer_path)
 
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
@@ -66,7 +42,7 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
     softmax); `dtype="q8_0"` computes in float32 with every projection held as Q8_0 blocks (see
     `LLM.quantize`), those of a Q8_0 GGUF read as stored. `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
-    tile by tile (notebook 08): memory grows linearly with the prompt instead of quadratically;
+    tile by tile (notebook 10): memory grows linearly with the prompt instead of quadratically;
     `attention_impl="fused"` sends prompts to the backend's fused kernel (cuDNN's flash attention on a
     JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`). `mesh` (JAX, a
     `llama_tf.device_mesh(...)`) splits the weights over several devices (`llama_tf.distribution`).

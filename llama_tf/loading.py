@@ -2,9 +2,8 @@
 and a model's weights back out under Meta's names.
 
 `build_model` builds the model without random initialisation and initialises each variable straight
-from its checkpoint tensor, largest first; `assign_weights` copies tensors into a model that exists;
-`model_state` / `save_hf_checkpoint` go the other way. Every tensor's shape is checked, and NaN or
-infinite values are reported, as it is read.
+from its checkpoint tensor, largest first; `model_state` / `save_hf_checkpoint` go the other way. Every
+tensor's shape is checked, and NaN or infinite values are reported, as it is read.
 """
 
 from __future__ import annotations
@@ -23,9 +22,11 @@ from llama_tf.config import LlamaConfig
 from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
-from llama_tf.projection import Projection, dequantize_q8_0, projections, quantize_q8_0
+from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
+from llama_tf.projection import Projection, dequantize_q8_0, projections
+from llama_tf.q8_0 import quantize_q8_0
 
-__all__ = ["build_model", "assign_weights", "model_variables", "model_state", "backend_tensor",
+__all__ = ["build_model", "model_variables", "model_state", "backend_tensor",
            "save_hf_checkpoint"]
 
 
@@ -176,15 +177,6 @@ def _progress(config: LlamaConfig, total: int, progress: bool | None):
     return tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress)
 
 
-def assign_weights(model, config: LlamaConfig, tensors: Mapping[str, TensorRef], progress: bool | None = None):
-    """Copy checkpoint tensors into a built model, checking that every tensor is present with its config's shape."""
-    loaders = _checked_loaders(model, config, tensors)
-    with _progress(config, len(loaders), progress) as bar:
-        for variable, load in loaders.values():
-            variable.assign(load())
-            bar.update()
-
-
 def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool | None = None, mesh=None,
                 **options):
     """The checkpoint's model with its weights, `build_llama(checkpoint.config, dtype, **options)`
@@ -193,15 +185,13 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     layout, each tensor going from the file straight to its shards. `dtype="q8_0"`: a float32 model
     whose projections hold Q8_0 blocks, read as stored from a Q8_0 GGUF, else quantised tensor by tensor.
     `dtype="bfloat16"` (without a mesh): projections hold their weights (out, in), as the file does
-    ("float_out_in"), which the one-token kernel reads fastest (notebook 10).
+    ("float_out_in"), which the one-token kernel reads fastest (notebook 12).
 
     The model is built inside Keras' `StatelessScope`, which creates the variables without computing
     their random initial values; each is then initialised straight from its checkpoint tensor, one at a
     time, largest first. Memory holds one copy of the weights plus the transient copies of one tensor
     (random initialisation first would leave its scratch memory behind: about a third more for float32),
     and no time goes into random numbers."""
-    from keras.src.backend.common import global_state
-
     from llama_tf.model import build_llama
 
     config = checkpoint.config
@@ -220,19 +210,18 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
             model = build_llama(config, dtype="float32" if q8_0 else dtype, **options)
             weights_format = "q8_0" if q8_0 else "float_out_in" if dtype == "bfloat16" and mesh is None else None
             if weights_format:
-                _use_format(model, global_state.get_global_attribute("uninitialized_variables"), weights_format)
+                _use_format(model, pending_variables(), weights_format)
             loaders = _checked_loaders(model, config, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
-                variable._initializer = partial(_initial_value, load, bar)
+                set_initializer(variable, partial(_initial_value, load, bar))
             # Keras initialises them at the scope's exit, in this list's order: largest first, so that a
             # tensor's transient copies (file -> tensor -> transposed) come while little else is held.
             # Last are the per-layer tensors, the largest of which is a few percent of an embedding.
-            pending = global_state.get_global_attribute("uninitialized_variables")
-            pending.sort(key=lambda v: -math.prod(v.shape))
+            pending_variables().sort(key=lambda v: -math.prod(v.shape))
     except Exception:
         # Keras keeps the variables of a failed scope in a list it would initialise at the next exit.
-        global_state.set_global_attribute("uninitialized_variables", [])
+        forget_pending_variables()
         raise
     finally:
         if bar is not None:

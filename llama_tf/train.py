@@ -84,7 +84,7 @@ def token_stream(tokenizer, text: str, lines_per_batch: int = 1024) -> np.ndarra
 
 
 def prepare(args):
-    from llama_tf.tokenizer import Tokenizer
+    from llama_tf.tokenizers.tokenizer import Tokenizer
 
     try:
         text = Path(args.text).read_text(encoding="utf-8")

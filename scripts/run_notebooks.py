@@ -2,7 +2,7 @@
 
     python scripts/run_notebooks.py            # run all into build/notebooks/, print 06's generated text
     python scripts/run_notebooks.py --inplace  # re-run and save outputs into notebooks/ (for committing)
-    python scripts/run_notebooks.py 04_attention 06_llama   # just these
+    python scripts/run_notebooks.py 05_attention 07_llama   # just these
 
 Kernels use the IPython profile in tests/ipython, which keeps TensorFlow's C++ log lines out of the
 saved outputs (they go to this terminal instead).

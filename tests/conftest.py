@@ -112,7 +112,7 @@ def meta_llama3_tokenizer(llama3_tokenizer_path):
 def llama3_tokenizer_json(llama3_tokenizer_path, tmp_path_factory) -> Path:
     "The same vocabulary as a Hugging Face tokenizer.json, converted by transformers as the Hub's files were."
     convert = require("transformers.convert_slow_tokenizer")
-    from llama_tf.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
+    from llama_tf.tokenizers.tiktoken_tokenizer import LLAMA3_SPECIAL_TOKENS
 
     path = tmp_path_factory.mktemp("llama3-json") / "tokenizer.json"
     convert.TikTokenConverter(vocab_file=str(llama3_tokenizer_path),

@@ -385,7 +385,8 @@ def test_evaluate_bounds_the_logits_it_holds(hf_dir, monkeypatch):
     monkeypatch.setattr(evaluation, "LOGITS_BYTES", 2 * 4 * 384 * 32)     # two 32-token rows
     bounded = llama_tf.evaluate(dataclasses.replace(llm, model=Spy()), text, context=32)
     assert max(batches) == 2 and len(batches) > 3
-    assert bounded.nll == pytest.approx(whole.nll, rel=1e-9)
+    # Other batch shapes round the float32 logits differently (a few 1e-6 at this scale), never more.
+    assert bounded.nll == pytest.approx(whole.nll, rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "int8"])

@@ -26,10 +26,11 @@ SHAPE = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, inte
 
 def write_gguf(directory, path, dtype):
     from llama_tf.formats.gguf import write_gguf as write
+    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
 
     checkpoint = read_checkpoint(directory)
-    tokenizer = llama_tf.load(directory).tokenizer
-    return write(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()}, tokenizer, dtype)
+    vocabulary = gguf_vocabulary(llama_tf.load(directory).tokenizer)
+    return write(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()}, vocabulary, dtype)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])

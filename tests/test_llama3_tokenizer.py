@@ -9,7 +9,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import llama_tf
-from llama_tf.tokenizer import TokenizerError
+from llama_tf.tokenizers.tokenizer import TokenizerError
 from conftest import shared_path
 
 KINDS = ["tokenizer.model", "tokenizer.json"]

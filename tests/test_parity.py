@@ -130,7 +130,7 @@ def test_interrupted_save_leaves_no_files(case, tmp_path, monkeypatch):
 
 
 def test_attention_maps_match_transformers(case, token_ids):
-    """`Attention.attention_map` (notebook 06's heat maps) equals the weights HF's eager attention returns,
+    """`Attention.attention_map` (notebook 07's heat maps) equals the weights HF's eager attention returns,
     layer by layer, within 1e-5 (weights lie in [0, 1])."""
     torch = require("torch")
     _, model, directory = case

@@ -29,11 +29,12 @@ def directory(tmp_path_factory, tiny_tokenizer_proto):
 @pytest.fixture(scope="module")
 def q8_gguf(directory, tmp_path_factory):
     from llama_tf.formats.gguf import write_gguf
+    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
 
     checkpoint = read_checkpoint(directory)
     path = tmp_path_factory.mktemp("gguf") / "model-q8_0.gguf"
     return write_gguf(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()},
-                      llama_tf.load(directory).tokenizer, "Q8_0")
+                      gguf_vocabulary(llama_tf.load(directory).tokenizer), "Q8_0")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
 
     from llama_tf import kernels
     from llama_tf.generation import Decoder, Sampler
-    from llama_tf.model import _blocks, call_with_cache, new_cache
+    from llama_tf.model import call_with_cache, new_cache, transformer_blocks
 
     assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
     llm = llama_tf.load(directory, dtype=dtype)
@@ -195,7 +196,7 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
 
     ours, plain = traced(True), traced(False)
     used = [op.type for op in ours.graph.get_operations() if op.type.startswith("LlamaTf")]
-    assert len(used) == 7 * len(_blocks(llm.model)) + 1                  # each block's seven and the output's
+    assert len(used) == 7 * len(transformer_blocks(llm.model)) + 1                  # each block's seven and the output's
     assert not any(op.type.startswith("LlamaTf") for op in plain.graph.get_operations())
     # as the JAX kernel test: float32 within 1e-5 of the logits' scale, Q8_0 1e-4 (x rounded to int16 per
     # block of 32), bfloat16 2e-2 (TensorFlow rounds the products' inputs to bfloat16)

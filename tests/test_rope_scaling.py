@@ -104,6 +104,6 @@ def test_frequencies_follow_meta_apply_scaling():
     new = np.where(wavelen > context / low, freqs / factor, freqs)
     smooth = (context / wavelen - low) / (high - low)
     expected = np.where((wavelen >= context / high) & (wavelen <= context / low), (1 - smooth) * new / factor + smooth * new, new)
-    ours = np.asarray(llama_tf.attention.rope_frequencies(head_dim, theta, META_LLAMA3_SCALING))
+    ours = np.asarray(llama_tf.rope.rope_frequencies(head_dim, theta, META_LLAMA3_SCALING))
     np.testing.assert_allclose(ours, expected, rtol=1e-6)
     assert (ours < freqs * (1 - 1e-3)).sum() > 0 and (np.isclose(ours, freqs, rtol=1e-6)).sum() > 0

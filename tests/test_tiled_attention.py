@@ -1,4 +1,4 @@
-"""Tiled attention (notebook 08) against the reference path: one layer, the whole model, and cached decoding.
+"""Tiled attention (notebook 10) against the reference path: one layer, the whole model, and cached decoding.
 
 Tolerances (float32): attention outputs within 1e-5 absolute (values of order 1); logits within 1e-4 of
 their scale, as in test_parity.

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import llama_tf
-from llama_tf.sentencepiece_library import SentencePieceLibraryTokenizer
+from llama_tf.tokenizers.sentencepiece_library import SentencePieceLibraryTokenizer
 from conftest import ROOT, require, shared_path
 
 SCRIPT = """

@@ -5,7 +5,7 @@ and scaling); the tensors are memory-mapped and dequantised one at a time when t
 them (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), so the whole model is never in float32 at once.
 llama.cpp keeps q/k rows in Meta's interleaved RoPE order, so they need no permutation. Llama 3.1's
 rescaled RoPE is stored as a `rope_freqs` tensor of per-pair divisors; it is read back as the llama3
-rule it came from. `tokenizer_file` rebuilds the tokenizer the file carries (`llama_tf.embedded_tokenizers`
+rule it came from. `tokenizer_file` rebuilds the tokenizer the file carries (`llama_tf.tokenizers.embedded_tokenizers`
 runs it), and `write_gguf` writes a model (F32, F16, BF16 or Q8_0) that llama.cpp runs.
 """
 
@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import re
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,8 +23,11 @@ import numpy as np
 
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, tensor_shapes
 from llama_tf.config import LlamaConfig
+from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
+from llama_tf.q8_0 import split_q8_0
+from llama_tf.rope import rope_frequencies
 
-__all__ = ["read_gguf", "SUPPORTED_TYPES"]
+__all__ = ["read_gguf", "write_gguf", "GGUFVocabulary", "SUPPORTED_TYPES", "WRITE_TYPES"]
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
 _TOP = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"}
@@ -89,8 +93,6 @@ def _meta_name(name: str) -> str | None:
 def _llama3_scaling(divisors: np.ndarray, head_dim: int, theta: float) -> dict:
     """The llama3 rule behind a `rope_freqs` tensor: factor = the largest divisor, and the standard band
     edges (low 1, high 4, original context 8192) must reproduce every divisor."""
-    from llama_tf.attention import rope_frequencies
-
     factor = float(divisors.max())
     candidate = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                  "original_max_position_embeddings": 8192}
@@ -126,14 +128,6 @@ def _load_q8_0(path: Path, offset: int, n_bytes: int, shape: tuple[int, int]) ->
     if raw.size != n_bytes:
         raise CheckpointError(f"{path}: the file ends inside a tensor (truncated?)")
     return split_q8_0(raw, *shape)
-
-
-def split_q8_0(blocks: np.ndarray, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """GGUF's Q8_0 bytes (34 per block of 32 weights: a float16 scale, then the int8 weights) ->
-    (int8 (rows, columns), float16 scales (rows, columns // 32))."""
-    blocks = np.asarray(blocks, np.uint8).reshape(rows, columns // 32, 34)
-    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16).reshape(rows, columns // 32)
-    return np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, columns), scales
 
 
 def read_gguf(path: Path) -> Checkpoint:
@@ -207,7 +201,7 @@ def read_gguf(path: Path) -> Checkpoint:
 # ---------------------------------------------------------------------------------------------------
 # The tokenizer inside the file
 
-_PRE_PATTERNS = {"llama-bpe": "LLAMA3_PATTERN", "llama3": "LLAMA3_PATTERN"}
+_PRE_PATTERNS = {"llama-bpe": LLAMA3_PATTERN, "llama3": LLAMA3_PATTERN}
 
 
 @functools.lru_cache(maxsize=2)
@@ -268,8 +262,6 @@ def _tokenizer_json(path, reader, tokens, types) -> bytes:
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers
 
-    from llama_tf import tiktoken_tokenizer
-
     pre = metadata(reader, "tokenizer.ggml.pre", "default")
     if pre not in _PRE_PATTERNS:
         raise CheckpointError(f"{path}: BPE pre-tokenizer {pre!r} is not supported; llama_tf knows "
@@ -278,7 +270,7 @@ def _tokenizer_json(path, reader, tokens, types) -> bytes:
     control = {i for i, kind in enumerate(types) if int(kind) in (3, 4)}       # CONTROL, USER_DEFINED
     vocab = {t: i for i, t in enumerate(tokens) if i not in control}
     tok = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
-    pattern = getattr(tiktoken_tokenizer, _PRE_PATTERNS[pre])
+    pattern = _PRE_PATTERNS[pre]
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -296,16 +288,26 @@ def _tokenizer_json(path, reader, tokens, types) -> bytes:
 WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0")
 
 
-def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, tokenizer, dtype: str = "F32") -> Path:
+@dataclass(frozen=True)
+class GGUFVocabulary:
+    """A vocabulary as `write_gguf` stores it, in plain data: `kind` "sentencepiece" (`data` a SentencePiece
+    ModelProto's bytes, which hold BOS and EOS) or "bpe" (`data` a byte-level BPE `tokenizer.json`, Llama 3's,
+    with `bos_id` and `eos_id`). `llama_tf.tokenizers.embedded_tokenizers.gguf_vocabulary` makes one from a tokenizer."""
+    kind: str
+    data: bytes
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+
+def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary: GGUFVocabulary,
+               dtype: str = "F32") -> Path:
     """A llama GGUF file at `path`: `config` as metadata, `tensors` (Meta names -> functions returning
     NumPy arrays in Meta's orientation and RoPE layout) in llama.cpp's names, matrices stored as `dtype`
-    (F32, F16, BF16 or Q8_0; norms stay F32), Llama 3 rescaling as `rope_freqs`, and `tokenizer`'s
-    vocabulary (a SentencePiece kind, or a byte-level BPE from a tokenizer.json). Streamed one tensor at
-    a time into `<path>.partial`, renamed when complete: an interrupted write leaves no `.gguf`."""
+    (F32, F16, BF16 or Q8_0; norms stay F32), Llama 3 rescaling as `rope_freqs`, and the `vocabulary`.
+    Streamed one tensor at a time into `<path>.partial`, renamed when complete: an interrupted write
+    leaves no `.gguf`."""
     import gguf
     import ml_dtypes
-
-    from llama_tf.attention import rope_frequencies
 
     path = Path(path)
     if dtype not in WRITE_TYPES:
@@ -359,7 +361,7 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, tokenizer, 
         writer.add_rope_scaling_factor(config.rope_scaling["factor"])
     writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                           "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-    _write_vocabulary(writer, tokenizer)
+    _write_vocabulary(writer, vocabulary)
     try:
         for name, shape, stored, _ in plan:
             n_bytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, stored)))
@@ -378,18 +380,15 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, tokenizer, 
     return path
 
 
-def _write_vocabulary(writer, tokenizer) -> None:
+def _write_vocabulary(writer, vocabulary: GGUFVocabulary) -> None:
     import gguf
 
-    from llama_tf.hf_tokenizer import HFTokenizer
-    from llama_tf.sentencepiece_tokenizer import SentencePieceTokenizer
-
-    if isinstance(tokenizer, SentencePieceTokenizer):
+    if vocabulary.kind == "sentencepiece":
         import sentencepiece as spm
         from sentencepiece import sentencepiece_model_pb2 as pb
 
-        sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
-        proto = pb.ModelProto.FromString(tokenizer.model_proto)
+        sp = spm.SentencePieceProcessor(model_proto=vocabulary.data)
+        proto = pb.ModelProto.FromString(vocabulary.data)
         n = sp.vocab_size()
         writer.add_tokenizer_model("llama")
         writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
@@ -400,19 +399,20 @@ def _write_vocabulary(writer, tokenizer) -> None:
             if i >= 0:
                 getattr(writer, f"add_{key}_token_id")(i)
         return
-    if isinstance(tokenizer, HFTokenizer) and tokenizer.chat_format == "llama3":
-        spec = json.loads(tokenizer._tok.to_str())
-        special = tokenizer.special_tokens
-        tokens = [tokenizer.id_to_string(i) for i in range(tokenizer.vocab_size)]
+    if vocabulary.kind == "bpe":
+        spec = json.loads(vocabulary.data)
+        pieces = {i: token for token, i in spec["model"]["vocab"].items()}
+        pieces.update({added["id"]: added["content"] for added in spec.get("added_tokens", [])})
+        if sorted(pieces) != list(range(len(pieces))):
+            raise ValueError("the tokenizer.json's ids are not 0..n-1, each once; GGUF stores a token per id")
+        specials = {added["id"] for added in spec.get("added_tokens", []) if added.get("special")}
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("llama-bpe")
-        writer.add_token_list(tokens)
-        specials = set(special.values())
+        writer.add_token_list([pieces[i] for i in range(len(pieces))])
         writer.add_token_types([gguf.TokenType.CONTROL if i in specials else gguf.TokenType.NORMAL
-                                for i in range(len(tokens))])
+                                for i in range(len(pieces))])
         writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
-        writer.add_bos_token_id(tokenizer.bos_id)
-        writer.add_eos_token_id(tokenizer.eos_id)
+        writer.add_bos_token_id(vocabulary.bos_id)
+        writer.add_eos_token_id(vocabulary.eos_id)
         return
-    raise ValueError(f"cannot write a {type(tokenizer).__name__}'s vocabulary into GGUF; llama_tf writes "
-                     "SentencePiece models and Llama 3's tokenizer.json")
+    raise ValueError(f"GGUF vocabulary kind {vocabulary.kind!r}: llama_tf writes 'sentencepiece' and 'bpe'")

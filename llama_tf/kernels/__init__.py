@@ -1,7 +1,7 @@
 """llama_tf's compiled kernels for one-token decode steps: matrix-vector products (`matvec.h`) and
 attention over the key/value cache (`attention.cc`).
 
-`Projection` and `Attention` (notebooks 10 and 04) send a one-token call here on the JAX backend's CPU,
+`Projection` and `Attention` (notebooks 12 and 05) send a one-token call here on the JAX backend's CPU,
 through `jax.ffi` (`matvec.cc`, `attention.cc`). On TensorFlow the products are also ops (`tf_ops.cc`),
 which `Projection` uses inside `graph_step()`: the `Decoder`'s one-token graph step, never under XLA.
 Each library is built on the machine that runs it, at first use (a few seconds) or ahead of time with

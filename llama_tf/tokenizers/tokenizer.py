@@ -45,23 +45,23 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         if path.suffix == ".json":
-            from llama_tf.hf_tokenizer import HFTokenizer
+            from llama_tf.tokenizers.hf_tokenizer import HFTokenizer
             return HFTokenizer
         if path.suffix == ".gguf":
-            from llama_tf.embedded_tokenizers import gguf_tokenizer_kind
+            from llama_tf.tokenizers.embedded_tokenizers import gguf_tokenizer_kind
             return gguf_tokenizer_kind(path)
         if path.suffix == ".bin":
-            from llama_tf.embedded_tokenizers import Llama2cTokenizer
+            from llama_tf.tokenizers.embedded_tokenizers import Llama2cTokenizer
             return Llama2cTokenizer
         with open(path, "rb") as f:
             head = f.read(256)
     else:
         head = bytes(model[:256])
-    from llama_tf.tiktoken_tokenizer import TiktokenTokenizer, looks_like_ranks
+    from llama_tf.tokenizers.tiktoken_tokenizer import TiktokenTokenizer, looks_like_ranks
     if looks_like_ranks(head):
         return TiktokenTokenizer
     if head.lstrip().startswith(b"{"):
-        from llama_tf.hf_tokenizer import HFTokenizer
+        from llama_tf.tokenizers.hf_tokenizer import HFTokenizer
         return HFTokenizer
     return sentencepiece_kind()
 
@@ -72,9 +72,9 @@ def sentencepiece_kind() -> type[Tokenizer]:
     try:
         import tensorflow_text  # noqa: F401
     except ImportError:
-        from llama_tf.sentencepiece_library import SentencePieceLibraryTokenizer
+        from llama_tf.tokenizers.sentencepiece_library import SentencePieceLibraryTokenizer
         return SentencePieceLibraryTokenizer
-    from llama_tf.sentencepiece_tokenizer import SentencePieceTokenizer
+    from llama_tf.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
     return SentencePieceTokenizer
 
 

@@ -3,7 +3,7 @@
 Meta's `tokenizer.model` for Llama 3 is text, one `base64(token bytes) rank` line per token (128,000 of
 them); the rank is both the id and the merge priority. Special tokens follow from id 128000 in the order
 of Meta's reference tokenizer (`llama_models.llama3.tokenizer`), which this one reproduces id for id,
-including its chunking of very long inputs. Notebook 09 builds the same encoder by hand.
+including its chunking of very long inputs. Notebook 11 builds the same encoder by hand.
 """
 
 from __future__ import annotations
@@ -15,18 +15,10 @@ from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
-from llama_tf.tokenizer import Tokenizer, TokenizerError, read_model
+from llama_tf.llama3_vocabulary import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS
+from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model
 
 __all__ = ["TiktokenTokenizer", "LLAMA3_PATTERN", "LLAMA3_SPECIAL_TOKENS", "looks_like_ranks", "bytes_to_unicode"]
-
-# Meta's pre-tokenizer: contractions, words with one leading non-letter, 1-3 digits, punctuation runs,
-# newlines, and whitespace that leaves its last space to the next word.
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_NAMED = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-          "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
-          "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
-LLAMA3_SPECIAL_TOKENS = _NAMED + [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + 256 - len(_NAMED))]
 
 # Meta's limits: tiktoken encodes at most 400k characters at once, and runs of more than 25k
 # (non-)whitespace characters are cut (tiktoken's BPE is quadratic in the length of one piece).

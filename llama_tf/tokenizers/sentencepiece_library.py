@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_tf.tokenizer import Tokenizer, TokenizerError, read_model
+from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model
 
 __all__ = ["SentencePieceLibraryTokenizer"]
 
