@@ -31,17 +31,18 @@ from __future__ import annotations
 import keras
 
 from llama_tf.config import LlamaConfig
+from llama_tf.structure import BLOCK_PROJECTIONS, SPLIT_INPUTS
 
 __all__ = ["BATCH_AXIS", "MODEL_AXIS", "device_mesh", "layout_map", "model_parallel", "data_parallel"]
 
 BATCH_AXIS, MODEL_AXIS = "batch", "model"
 
 # Variable paths (regular expressions matching the whole path) -> the mesh axis of each of the variable's axes.
+# A projection's kernel is (in, out): Meta's column-parallel projections split their outputs, the
+# row-parallel ones (`structure.SPLIT_INPUTS`) their inputs; the embedding splits its vocabulary.
 LAYOUT = {
-    r".*/attention/(wq|wk|wv)/kernel": (None, MODEL_AXIS),
-    r".*/attention/wo/kernel": (MODEL_AXIS, None),
-    r".*/feed_forward/(w1|w3)/kernel": (None, MODEL_AXIS),
-    r".*/feed_forward/w2/kernel": (MODEL_AXIS, None),
+    **{rf".*/{sub}/{proj}/kernel": (MODEL_AXIS, None) if f"{sub}.{proj}" in SPLIT_INPUTS else (None, MODEL_AXIS)
+       for sub, projections in BLOCK_PROJECTIONS.items() for proj in projections},
     r"tok_embeddings/embeddings": (MODEL_AXIS, None),
     r"output/kernel": (None, MODEL_AXIS),
 }

@@ -19,7 +19,7 @@ import numpy as np
 from llama_tf import kernels
 from llama_tf.backend import inference, to_numpy
 from llama_tf.model import call_with_cache, new_cache, transformer_blocks
-from llama_tf.projection import projections
+from llama_tf.layers.projection import projections
 from llama_tf.sampling import Sampler, is_int
 
 __all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]

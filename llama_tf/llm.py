@@ -28,8 +28,9 @@ from llama_tf.tokenizers.tokenizer import Tokenizer
 __all__ = ["LLM", "load", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
-# The model this project trains and ships (see weights/README.md); used when no checkpoint is named.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shakespeare"
+# The model this project trains and ships (weights/shakespeare, weights/README.md), used when no checkpoint
+# is named: `llama_tf/default_model` links to it in a clone, and a wheel carries its files there.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "default_model"
 
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
@@ -83,7 +84,7 @@ class LLM:
         """Store every projection's weights as Q8_0 blocks (llama.cpp's 8-bit format: a float16 scale per 32
         weights), in place: a quarter of float32's bytes, which a one-token step on the JAX backend's CPU
         reads with llama_tf's compiled kernel. For inference (the blocks are not trained). Returns self."""
-        from llama_tf.projection import projections
+        from llama_tf.layers.projection import projections
 
         if mode != "q8_0":
             raise ValueError(f"LLM.quantize knows 'q8_0', not {mode!r}")

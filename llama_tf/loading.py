@@ -23,8 +23,9 @@ from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
 from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
-from llama_tf.projection import Projection, dequantize_q8_0, projections
+from llama_tf.layers.projection import Projection, dequantize_q8_0, projections
 from llama_tf.q8_0 import quantize_q8_0
+from llama_tf.structure import BLOCK_NORMS, BLOCK_PROJECTIONS
 
 __all__ = ["build_model", "model_variables", "model_state", "backend_tensor",
            "save_hf_checkpoint"]
@@ -41,11 +42,11 @@ def model_variables(model, config: LlamaConfig) -> dict:
         table["output.weight"] = _projection_weights(model.get_layer("output"))
     for i in range(config.n_layers):
         block = model.get_layer(f"layers_{i}")
-        for sub, owner in (("attention", block.attention), ("feed_forward", block.feed_forward)):
-            for proj in ("wq", "wk", "wv", "wo") if sub == "attention" else ("w1", "w2", "w3"):
-                table[f"layers.{i}.{sub}.{proj}.weight"] = _projection_weights(getattr(owner, proj))
-        table[f"layers.{i}.attention_norm.weight"] = (block.attention_norm.weight, False)
-        table[f"layers.{i}.ffn_norm.weight"] = (block.ffn_norm.weight, False)
+        for sub, names in BLOCK_PROJECTIONS.items():
+            for proj in names:
+                table[f"layers.{i}.{sub}.{proj}.weight"] = _projection_weights(getattr(getattr(block, sub), proj))
+        for norm in BLOCK_NORMS:
+            table[f"layers.{i}.{norm}.weight"] = (getattr(block, norm).weight, False)
     return table
 
 

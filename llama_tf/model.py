@@ -14,11 +14,11 @@ __all__ = ['TokenEmbedding', 'build_llama', 'transformer_blocks', 'new_cache', '
 import keras
 from keras import ops
 
-from .attention import rope_angles
+from .layers.attention import rope_angles
 from .config import LlamaConfig
-from .projection import Projection, linear
-from .rms_norm import RMSNorm
-from .transformer_block import TransformerBlock
+from .layers.projection import Projection, linear
+from .layers.rms_norm import RMSNorm
+from .layers.transformer_block import TransformerBlock
 
 # %% ../notebooks/07_llama.ipynb #2306bba9
 @keras.saving.register_keras_serializable(package="llama_tf")
@@ -49,7 +49,7 @@ def build_llama(config: LlamaConfig, dtype: str = "float32", dropout: float = 0.
     `dropout` is for training (see `TransformerBlock`); `attention_impl="tiled"` computes attention over
     more than `block_size` tokens tile by tile, in memory linear in the length (see `Attention`)."""
     if attention_impl == "tiled":
-        import llama_tf.tiled_attention  # noqa: F401  (notebook 10: plugs the tiled path into `Attention`)
+        import llama_tf.layers.tiled_attention  # noqa: F401  (notebook 10: plugs the tiled path into `Attention`)
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     embedding = TokenEmbedding(config.vocab_size, config.dim, name="tok_embeddings", dtype=dtype)
     h = embedding(token_ids)

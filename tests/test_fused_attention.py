@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import llama_tf
-from llama_tf.attention import rope_angles
+from llama_tf.layers.attention import rope_angles
 from reference import hf_logits, hf_model, max_relative_error, write_hf
 
 TOLERANCE = 1e-4

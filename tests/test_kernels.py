@@ -13,7 +13,7 @@ jax = require("jax")
 jnp = jax.numpy
 
 from llama_tf import kernels  # noqa: E402
-from llama_tf.projection import dequantize_q8_0, quantize_q8_0  # noqa: E402
+from llama_tf.layers.projection import dequantize_q8_0, quantize_q8_0  # noqa: E402
 
 EPS = {"float32": 2.0**-24, "bfloat16": 2.0**-8}   # unit roundoff of the output's type
 SIZES = [(1, 1, 1), (1, 7, 5), (1, 15, 17), (3, 16, 16), (1, 33, 65), (2, 100, 130), (1, 768, 2048), (1, 2051, 771)]

@@ -88,8 +88,8 @@ def test_the_graph_sees_the_imports_it_should():
     "The reader of the graph itself: it finds known edges of each kind (top-level, relative, inside a function)."
     graph = import_graph()
     assert "llama_tf.config" in graph["llama_tf.formats.gguf"]                  # from llama_tf.config import ...
-    assert "llama_tf.projection" in graph["llama_tf.attention"]                  # from .projection import ... (nbdev)
-    assert "llama_tf.kernels" in graph["llama_tf.projection"]                    # from . import kernels
+    assert "llama_tf.layers.projection" in graph["llama_tf.layers.attention"]                  # from .projection import ... (nbdev)
+    assert "llama_tf.kernels" in graph["llama_tf.layers.projection"]                    # from . import kernels
     assert "llama_tf.formats.gguf" in graph["llama_tf.convert"]                  # inside a function
     assert "llama_tf.formats" in graph["llama_tf.convert"]                       # a package's __init__ runs too
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
@@ -102,9 +102,11 @@ def test_no_import_circle_outside_the_tokenizer_factory():
 
 
 def test_the_bottom_floors_import_nothing_above_them():
-    "Configuration, RoPE maths, the Q8_0 codec and Llama 3's vocabulary constants are leaves; formats import only leaves."
+    """Configuration, the model's structure, RoPE maths, the Q8_0 codec and Llama 3's vocabulary constants are leaves;
+    formats import only leaves."""
     graph = import_graph()
-    leaves = {"llama_tf.config", "llama_tf.rope", "llama_tf.q8_0", "llama_tf.llama3_vocabulary", "llama_tf.chat"}
+    leaves = {"llama_tf.config", "llama_tf.rope", "llama_tf.q8_0", "llama_tf.llama3_vocabulary", "llama_tf.chat",
+              "llama_tf.structure"}
     for leaf in leaves:
         assert graph[leaf] == set(), f"{leaf} imports {graph[leaf]}"
     for name, targets in graph.items():

@@ -13,7 +13,7 @@ import pytest
 import llama_tf
 from llama_tf.formats import read_checkpoint
 from llama_tf.loading import model_state
-from llama_tf.projection import Projection, dequantize_q8_0, projections, quantize_q8_0
+from llama_tf.layers.projection import Projection, dequantize_q8_0, projections, quantize_q8_0
 from conftest import require, shared_path
 from reference import hf_model, max_relative_error, write_hf
 
@@ -151,7 +151,7 @@ def test_default_model_held_out_within_half_a_percent():
 def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch):
     """A one-token step through the compiled kernels (products and attention) equals the same step by
     XLA's products and attention; greedy text too."""
-    from llama_tf import attention, projection
+    from llama_tf.layers import attention, projection
     from llama_tf.model import call_with_cache, new_cache
 
     llm = llama_tf.load(directory, dtype=dtype)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import llama_tf
-from llama_tf.attention import causal_mask, visible_keys
-from llama_tf.tiled_attention import tiled_attention
+from llama_tf.layers.attention import causal_mask, visible_keys
+from llama_tf.layers.tiled_attention import tiled_attention
 from reference import hf_model, max_relative_error, write_hf
 
 TOLERANCE = 1e-4

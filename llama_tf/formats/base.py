@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from llama_tf.config import LlamaConfig
+from llama_tf.structure import tensor_shapes
 
 __all__ = ["CheckpointError", "Checkpoint", "TensorRef", "tensor_shapes", "validate"]
 
@@ -66,22 +67,6 @@ def read_config(make: Callable[[], LlamaConfig], file: Path) -> LlamaConfig:
     except (KeyError, TypeError, ValueError, ArithmeticError) as e:   # ArithmeticError: overflow, division by 0
         raise CheckpointError(f"{file}: {e if not isinstance(e, KeyError) else f'missing key {e}'}") from None
 
-
-
-def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    "Every tensor a model of `config` has, under Meta's names, with its shape in Meta's (out, in) orientation."
-    kv = config.n_kv_heads * config.head_dim
-    per_layer = {"attention.wq": (config.dim, config.dim), "attention.wk": (kv, config.dim),
-                 "attention.wv": (kv, config.dim), "attention.wo": (config.dim, config.dim),
-                 "feed_forward.w1": (config.hidden_dim, config.dim), "feed_forward.w2": (config.dim, config.hidden_dim),
-                 "feed_forward.w3": (config.hidden_dim, config.dim), "attention_norm": (config.dim,),
-                 "ffn_norm": (config.dim,)}
-    shapes = {"tok_embeddings.weight": (config.vocab_size, config.dim), "norm.weight": (config.dim,)}
-    if not config.tie_embeddings:
-        shapes["output.weight"] = (config.vocab_size, config.dim)
-    for i in range(config.n_layers):
-        shapes.update({f"layers.{i}.{kind}.weight": shape for kind, shape in per_layer.items()})
-    return shapes
 
 
 def validate(checkpoint: Checkpoint) -> None:

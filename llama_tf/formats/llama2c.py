@@ -21,18 +21,19 @@ from __future__ import annotations
 import struct
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef
 from llama_tf.config import LlamaConfig
+from llama_tf.structure import BLOCK_PROJECTIONS, block_shapes
 
 __all__ = ["read_llama2c", "looks_like_llama2c", "llama2c_tokenizer_proto", "MAGIC"]
 
 MAGIC = 0x616B3432                     # "ak42" as a little-endian uint32
 _LEGACY_HEADER = struct.Struct("<7i")
-_MATRICES = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
-             "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+_MATRICES = tuple(f"{sub}.{proj}" for sub, projections in BLOCK_PROJECTIONS.items() for proj in projections)
 
 
 def looks_like_llama2c(path: Path) -> bool:
@@ -72,13 +73,11 @@ def _header(path: Path):
 def _layout(version: int, ints, shared: bool) -> list[tuple[str, tuple[int, ...]]]:
     "(Meta tensor name, shape) in the order the file stores them; '' marks the RoPE tables to skip."
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq = ints
-    head_dim, kv = dim // n_heads, n_kv * (dim // n_heads)
-    shapes = {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
-              "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
-              "feed_forward.w3": (hidden, dim)}
+    head_dim = dim // n_heads
+    shapes = block_shapes(SimpleNamespace(dim=dim, hidden_dim=hidden, n_kv_heads=n_kv, head_dim=head_dim))
 
     def per_layer(kind):
-        return [(f"layers.{i}.{kind}.weight", shapes.get(kind, (dim,))) for i in range(n_layers)]
+        return [(f"layers.{i}.{kind}.weight", shapes[kind]) for i in range(n_layers)]
 
     embedding = [("tok_embeddings.weight", (vocab, dim))]
     matrices = [t for kind in _MATRICES for t in per_layer(kind)]

@@ -16,6 +16,7 @@ import numpy as np
 
 from llama_tf.config import LlamaConfig
 from llama_tf.formats.base import IGNORED, Checkpoint, CheckpointError, TensorRef, read_config, read_json
+from llama_tf.structure import SPLIT_INPUTS
 
 __all__ = ["read_meta"]
 
@@ -47,7 +48,7 @@ def _shard_axis(name: str, shard_shape: tuple, dim: int) -> int | None:
         return None  # norms
     if name == "tok_embeddings.weight":
         return 0 if shard_shape[1] == dim else 1
-    if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+    if name.endswith(tuple(f"{kind}.weight" for kind in SPLIT_INPUTS)):
         return 1
     return 0
 
