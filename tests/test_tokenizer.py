@@ -117,3 +117,48 @@ def test_detokenize_matches_sentencepiece_on_leading_whitespace_and_random_ids(w
     assert ours.detokenize(ours.tokenize(LEADING_WHITESPACE)) == LEADING_WHITESPACE
     ids = _random_ids(ours.vocab_size)
     assert ours.detokenize(ids) == reference.decode(ids)
+
+
+def test_a_tokenizer_made_before_seeding_keeps_working():
+    """`tf.random.set_seed` (so `keras.utils.set_random_seed`) clears TensorFlow's eager kernels, which held the
+    SentencePiece model: the tokenizer builds its op again instead of raising TensorFlow's NotFoundError."""
+    import keras
+
+    tok = llama_tf.Tokenizer(llama_tf.DEFAULT_WEIGHTS / "tokenizer.model")
+    text = " y: O Romeo, Romeo!"
+    ids, pieces = tok.encode(text), tok.id_to_string([5, 300])
+    keras.utils.set_random_seed(0)
+    assert tok.encode(text) == ids
+    keras.utils.set_random_seed(1)
+    assert tok.decode(ids) == text and tok.id_to_string([5, 300]) == pieces
+    tf.random.set_seed(2)
+    assert tok.detokenize(tok.tokenize([text, "abc"])) == [text, "abc"]
+
+
+def _greek_model(tmp_path, byte_fallback: bool) -> bytes:
+    spm = require("sentencepiece")
+    import io
+
+    text = ["Ἄνδρα μοι ἔννεπε, μοῦσα, πολύτροπον, ὃς μάλα πολλὰ πλάγχθη, ἐπεὶ Τροίης ἱερὸν πτολίεθρον ἔπερσε"] * 50
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=300 if byte_fallback else 60,
+                                   model_type="bpe", byte_fallback=byte_fallback, character_coverage=1.0,
+                                   minloglevel=2)
+    return model.getvalue()
+
+
+def test_a_vocabulary_without_latin_letters_opens_and_round_trips(tmp_path):
+    "A model trained on Greek alone has no one-letter ASCII piece: its byte-fallback 'A' is the decoder's sentinel."
+    spm = require("sentencepiece")
+    proto = _greek_model(tmp_path, byte_fallback=True)
+    tok = llama_tf.SentencePieceTokenizer(proto)
+    reference = spm.SentencePieceProcessor(model_proto=proto)
+    for text in ["μῆνιν ἄειδε θεά", " Ἄνδρα μοι", "Latin letters too"]:
+        assert tok.encode(text) == reference.encode(text)
+        assert tok.decode(tok.encode(text)) == reference.decode(reference.encode(text))
+
+
+def test_a_vocabulary_the_decoder_cannot_serve_is_refused_by_name(tmp_path):
+    proto = _greek_model(tmp_path, byte_fallback=False)
+    with pytest.raises(llama_tf.TokenizerError, match="no one-letter ASCII piece and no byte fallback"):
+        llama_tf.SentencePieceTokenizer(proto)
