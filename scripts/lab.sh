@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/jupyter ] || bash scripts/setup.sh
 export IPYTHONDIR="$PWD/tests/ipython"
-exec .venv/bin/jupyter lab notebooks "$@"
+# Jupyter refuses to start as root unless told to (containers and CI machines often run as root).
+root=()
+if [ "$(id -u)" = 0 ]; then root=(--allow-root); fi
+exec .venv/bin/jupyter lab notebooks "${root[@]}" "$@"

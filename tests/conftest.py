@@ -35,10 +35,20 @@ def missing(reason: str):
     pytest.skip(reason)
 
 
+def how_to_get(names) -> str:
+    "How a user gets the assets `names`: tests never download, so the user runs the download once."
+    fetches = " and ".join(f"llama_tf.assets.fetch({name!r})" for name in names)
+    return f"run {fetches} once to download and cache it, or set LLAMA_TF_SHARED to a folder that has it"
+
+
 def shared_path(relative: str) -> Path:
     path = SHARED / relative
     if not path.is_file():
-        missing(f"{path} not found; set LLAMA_TF_SHARED to the shared folder")
+        names = [name for name, asset in assets.ASSETS.items() if asset.path == relative]
+        found = assets.find(names[0]) if names else None   # a copy in the download cache or a package
+        if found is not None:
+            return found
+        missing(f"{path} not found; " + (how_to_get(names) if names else "set LLAMA_TF_SHARED to the shared folder"))
     return path
 
 
@@ -71,7 +81,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath))
         if path.suffix == ".ipynb" and (absent := sorted(n for n in fetched_assets(path) if assets.find(n) is None)):
-            item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(absent)} (llama_tf.assets); set LLAMA_TF_SHARED"))
+            item.add_marker(pytest.mark.skip(reason=f"the notebook reads {', '.join(absent)}: {how_to_get(absent)}"))
 
 
 @pytest.fixture(scope="session")

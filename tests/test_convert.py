@@ -60,6 +60,18 @@ def test_round_trips_keep_the_logits(hf_dir, tmp_path):
         "Beautiful is better")
 
 
+def test_written_files_get_the_permissions_of_any_file_the_user_creates(hf_dir, tmp_path):
+    "0666 less the umask, the folder 0777 less it: safetensors alone would leave the weights owner-only."
+    old = os.umask(0o022)
+    try:
+        out = convert(hf_dir, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "tokenizer.model": 0o644}
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
 def test_writing_over_a_sharded_checkpoint_leaves_only_the_new_one(hf_dir, tmp_path, monkeypatch):
     ids = np.random.default_rng(1).integers(3, 384, size=(1, 12))
     monkeypatch.setattr(hf_format, "SHARD_BYTES", 100_000)     # shards of ~100 kB

@@ -5,8 +5,10 @@ and scaling); the tensors are memory-mapped and dequantised one at a time when t
 them (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), so the whole model is never in float32 at once.
 llama.cpp keeps q/k rows in Meta's interleaved RoPE order, so they need no permutation. Llama 3.1's
 rescaled RoPE is stored as a `rope_freqs` tensor of per-pair divisors; it is read back as the llama3
-rule it came from. `tokenizer_file` rebuilds the tokenizer the file carries (`llama_tf.tokenizers.embedded_tokenizers`
-runs it), and `write_gguf` writes a model (F32, F16, BF16 or Q8_0) that llama.cpp runs.
+rule it came from. `tokenizer_file` rebuilds the tokenizer the file carries
+(`llama_tf.tokenizers.embedded_tokenizers` runs it), and `write_gguf` writes a model (F32, F16, BF16 or
+Q8_0) that llama.cpp runs, its vocabulary given as plain data (`GGUFVocabulary`). No Keras, layer or
+tokenizer class is imported here.
 """
 
 from __future__ import annotations

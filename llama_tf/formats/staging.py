@@ -36,6 +36,7 @@ def staged_folder(directory: Path, error: type[Exception] = ValueError) -> Itera
     stage.mkdir()
     try:
         yield stage
+        _as_created_by_user(stage)
         if directory.is_dir():
             for other in directory.iterdir():
                 if not CHECKPOINT_FILE.fullmatch(other.name) and not (stage / other.name).exists():
@@ -46,6 +47,16 @@ def staged_folder(directory: Path, error: type[Exception] = ValueError) -> Itera
         _put_in_place(stage, directory)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _as_created_by_user(stage: Path) -> None:
+    """The permissions any file the user creates gets (0666 less the umask): some writers (safetensors')
+    create their files readable by the owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in stage.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def _remove_abandoned(directory: Path) -> None:
