@@ -30,7 +30,7 @@ __all__ = ["LLM", "load", "DEFAULT_WEIGHTS"]
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
 # The model this project trains and ships (weights/shakespeare, weights/README.md), used when no checkpoint
 # is named: `llama_tf/default_model` links to it in a clone, and a wheel carries its files there.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "default_model"
+DEFAULT_WEIGHTS = (Path(__file__).resolve().parent / "default_model").resolve()
 
 
 def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | None = None,
