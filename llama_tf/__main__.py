@@ -41,7 +41,8 @@ def parser() -> ArgumentParser:
     c = sub.add_parser("chat", help="talk with a chat model (Llama 3 Instruct, Llama 2 Chat)")
     c.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
     c.add_argument("--system", metavar="TEXT", help="a system prompt that starts the conversation")
-    c.add_argument("--max-new-tokens", type=number(int, 0), default=512, help="longest reply (default 512)")
+    c.add_argument("--max-new-tokens", type=number(int, 0),
+                   help="longest reply (default: 512, or half the model's context if that is shorter)")
     c.add_argument("--temperature", type=number(float, 0), default=0.6, help="sampling temperature (default 0.6); 0: greedy")
     c.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, help="nucleus of probability P (default 0.9)")
     c.add_argument("--seed", type=number(int, 0), default=0, help="random seed for sampling (default 0)")
@@ -78,6 +79,10 @@ def command(args) -> int | None:
         return 0
     llm = llama_tf.load(args.weights)
     if args.command == "generate":
+        room = llm.config.max_seq_len - len(llm.tokenizer.prompt_ids(args.prompt))
+        if 0 < room < args.max_new_tokens:   # (a prompt that fills the context is refused by generate)
+            print(f"note: the model's context is {llm.config.max_seq_len} tokens; at most {room} new "
+                  "tokens follow this prompt", file=sys.stderr)
         pieces = llm.generate(args.prompt, args.max_new_tokens, args.temperature, args.seed, top_k=args.top_k,
                               top_p=args.top_p, stop=args.stop, stream=True)
         print(args.prompt, end="", flush=True)
@@ -101,6 +106,8 @@ def chat(llm, args) -> int:
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
     context = llm.config.max_seq_len
+    if args.max_new_tokens is None:
+        args.max_new_tokens = min(512, context // 2)
     reserve = min(args.max_new_tokens, context // 4)   # room kept for the reply
     for turn in itertools.count():
         try:

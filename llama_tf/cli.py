@@ -16,6 +16,15 @@ __all__ = ["ArgumentParser", "number", "run"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    def add_argument(self, *args, **kwargs):
+        "As argparse's, and `--help` states the option's default unless its help text already does."
+        action = super().add_argument(*args, **kwargs)
+        shown = action.default is not None and action.default is not False and action.default != [] \
+            and action.default is not argparse.SUPPRESS
+        if action.option_strings and shown and "default" not in (action.help or ""):
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+        return action
+
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (--help shows the options)\n")
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run every test: pytest on tests/ and strict nbval on notebooks/.
+# Set up (scripts/setup.sh dev) and run every test: pytest on tests/ and strict nbval on notebooks/.
 # With no arguments, the notebooks are then checked again the way other machines run them: with oneDNN
 # off on one core, and without ../shared (a fresh clone). Their saved outputs must hold in each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 .venv/bin/python -m pytest "$@"
 [ $# -eq 0 ] || exit 0
 

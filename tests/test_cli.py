@@ -143,3 +143,50 @@ def test_documented_commands_parse(readme, name, argv):
 
 def test_the_readmes_document_both_command_lines():
     assert {name for _, name, _ in documented_commands()} == set(CLIS)
+
+
+def test_help_states_every_default():
+    "Every option with a default says it in `--help`: the default itself, or help text that says what it is."
+    for name, cli in CLIS.items():
+        for command, sub in subcommands(cli).items():
+            text = sub.format_help()
+            for action in sub._actions:
+                default = action.default
+                if action.option_strings and action.nargs != 0 and default is not None and default != [] \
+                        and default is not argparse.SUPPRESS:
+                    assert "default" in (action.help or ""), f"{name} {command} {action.option_strings[0]}"
+            assert "%(default)" not in text
+    generate = subcommands(llama_cli)["generate"].format_help()
+    assert "default: 100" in generate and "(default: 0)" in generate
+
+
+def test_generate_says_when_the_context_cuts_the_continuation(capsys):
+    status, err = run("llama_tf", ["generate", "ROMEO:", "--max-new-tokens", "300", "--temperature", "0"], capsys)
+    assert status == 0
+    assert "note: the model's context is 256 tokens; at most 253 new tokens follow this prompt" in err
+    status, err = run("llama_tf", ["generate", "ROMEO:", "--max-new-tokens", "3"], capsys)
+    assert status == 0 and err == ""
+
+
+def test_chat_replies_fit_the_context_by_default(monkeypatch, capsys):
+    "The shipped model's context is 256 tokens: a default reply is at most 128, so a second message still fits."
+    replies = []
+    import llama_tf.llm
+
+    original = llama_tf.llm.LLM.chat
+
+    def spy(self, messages, max_new_tokens, *args, **kwargs):
+        replies.append(max_new_tokens)
+        return original(self, messages, max_new_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(llama_tf.llm.LLM, "chat", spy)
+    lines = iter(["Good morrow.", "How now?"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))   # then StopIteration -> EOF below
+    monkeypatch.setattr(llama_cli, "input", lambda prompt="": next(lines), raising=False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    try:
+        status, err = run("llama_tf", ["chat", "--temperature", "0"], capsys)
+    except StopIteration:
+        status, err = 0, capsys.readouterr().err
+    assert replies == [128, 128]
+    assert "context full" not in err

@@ -1,6 +1,7 @@
 """The project's two sources of truth stay in agreement: environment.yml with pyproject.toml, and the
 notebooks with the llama_tf modules they export."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,14 @@ def test_every_exported_cell_fits_a_screen():
                 if lines > EXPORTED_CELL_LINES:
                     long.append(f"{notebook.name} cell {cell['id']}: {lines} lines")
     assert not long, f"exported cells longer than {EXPORTED_CELL_LINES} lines: {long}"
+
+
+def test_the_package_imports_from_any_working_directory(tmp_path):
+    """Run from the folder that holds a clone (itself named llama_tf), `import llama_tf` still finds the package,
+    not the clone's folder as a namespace package: scripts/setup.sh installs in setuptools' compat mode."""
+    (tmp_path / "llama_tf").mkdir()                       # what a clone named llama_tf looks like from its parent
+    result = subprocess.run([sys.executable, "-c", "import llama_tf; print(llama_tf.__file__, callable(llama_tf.load))"],
+                            cwd=tmp_path, capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                               if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(ROOT / "llama_tf" / "__init__.py"), "True"]
