@@ -181,12 +181,15 @@ def test_chat_replies_fit_the_context_by_default(monkeypatch, capsys):
 
     monkeypatch.setattr(llama_tf.llm.LLM, "chat", spy)
     lines = iter(["Good morrow.", "How now?"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))   # then StopIteration -> EOF below
-    monkeypatch.setattr(llama_cli, "input", lambda prompt="": next(lines), raising=False)
+
+    def answer(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None                    # Ctrl-D after two messages
+
+    monkeypatch.setattr("builtins.input", answer)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    try:
-        status, err = run("llama_tf", ["chat", "--temperature", "0"], capsys)
-    except StopIteration:
-        status, err = 0, capsys.readouterr().err
-    assert replies == [128, 128]
+    status, err = run("llama_tf", ["chat", "--temperature", "0"], capsys)
+    assert status == 0 and replies == [128, 128]
     assert "context full" not in err

@@ -153,6 +153,6 @@ def test_the_readme_shows_what_its_first_command_prints(capsys):
     "README's quick start shows the start of `python -m llama_tf generate \"ROMEO:\"`: sampled with seed 0, reproducible."
     from conftest import ROOT
 
-    shown = re.search(r"and nothing else:\n\n```\n(.*?)\.\.\.\n```", (ROOT / "README.md").read_text(), re.S)[1]
+    shown = re.search(r"the same text every time:\n\n```\n(.*?)\.\.\.\n```", (ROOT / "README.md").read_text(), re.S)[1]
     assert main(["generate", "ROMEO:"]) == 0
     assert capsys.readouterr().out.startswith(shown)
