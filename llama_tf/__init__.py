@@ -45,6 +45,10 @@ Modules:
 import importlib
 import importlib.util
 
+from llama_tf.quiet import quiet_tensorflow_start
+
+quiet_tensorflow_start()   # TensorFlow's start-up log lines (cuInit on a machine without a GPU) dropped
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

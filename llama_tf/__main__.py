@@ -103,6 +103,10 @@ def chat(llm, args) -> int:
     Sampler(args.temperature, 0, args.top_p, args.seed)      # bad sampling settings fail now, not at the first reply
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
+    if not llm.chat_tuned:
+        print("note: this model does not say it was tuned for chat (no chat "
+              "template in its files, no 'chat' or 'Instruct' in its name): a base model continues the "
+              "conversation's text rather than answering it", file=sys.stderr)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
     context = llm.config.max_seq_len

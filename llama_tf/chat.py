@@ -16,13 +16,23 @@ Contents are encoded as plain text, so a message cannot forge a header or an end
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["chat_ids", "ROLES"]
+__all__ = ["chat_ids", "named_for_chat", "ROLES"]
 
 ROLES = ("system", "user", "assistant")
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+# How chat-tuned downloads are named: llama-2-7b-chat (Meta), Llama-2-7b-chat-hf, Llama-3.1-8B-Instruct.
+CHAT_NAME = re.compile(r"chat|instruct", re.IGNORECASE)
+
+
+def named_for_chat(name: str) -> bool:
+    "Whether a checkpoint's file or folder name says it was tuned for chat (the files need not say so)."
+    return bool(CHAT_NAME.search(name))
 
 
 def chat_ids(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:

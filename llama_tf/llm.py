@@ -19,6 +19,7 @@ import numpy as np
 
 from llama_tf.formats import CheckpointError, read_checkpoint
 from llama_tf.loading import build_model
+from llama_tf.chat import named_for_chat
 from llama_tf.config import LlamaConfig
 from llama_tf.generation import Decoder, TextStream
 from llama_tf.sampling import Sampler
@@ -28,6 +29,8 @@ from llama_tf.tokenizers.tokenizer import Tokenizer
 __all__ = ["LLM", "load", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
+DTYPES = ("float32", "float16", "bfloat16", "q8_0")
+ATTENTION_IMPLS = ("reference", "tiled", "fused")
 # The model this project trains and ships (weights/shakespeare, weights/README.md), used when no checkpoint
 # is named: `llama_tf/default_model` links to it in a clone, and a wheel carries its files there.
 DEFAULT_WEIGHTS = (Path(__file__).resolve().parent / "default_model").resolve()
@@ -48,6 +51,10 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`). `mesh` (JAX, a
     `llama_tf.device_mesh(...)`) splits the weights over several devices (`llama_tf.distribution`).
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, not {attention_impl!r}")
     if path is None:
         path = os.environ.get(WEIGHTS_ENV)
     if not path:
@@ -68,16 +75,20 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
 
     model = build_model(checkpoint, dtype=dtype, progress=progress, mesh=mesh, attention_impl=attention_impl,
                         block_size=block_size)
-    return LLM(config, tokenizer, model)
+    chat_tuned = checkpoint.chat_template or named_for_chat(Path(path).resolve().name)
+    return LLM(config, tokenizer, model, chat_tuned)
 
 
 @dataclass
 class LLM:
-    """A loaded model: `config`, `tokenizer` and the Keras `model` (int ids -> float32 logits)."""
+    """A loaded model: `config`, `tokenizer` and the Keras `model` (int ids -> float32 logits).
+    `chat_tuned`: whether its files say it was tuned for chat (a chat template, or "chat"/"Instruct" in
+    the name); `chat` works on any model, but only a chat-tuned one answers in turn."""
 
     config: LlamaConfig
     tokenizer: Tokenizer
     model: keras.Model
+    chat_tuned: bool = False
     _decoder: Decoder | None = field(default=None, init=False, repr=False)
 
     def quantize(self, mode: str = "q8_0") -> LLM:

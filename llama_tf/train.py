@@ -1,10 +1,11 @@
 """Train a small LLaMA with Keras, the way the shipped default model was trained.
 
-    python -m llama_tf.train prepare --text ../shared/data/tinyshakespeare.txt --out build/shakespeare
+    python -m llama_tf.train prepare --text tinyshakespeare --out build/shakespeare
     python -m llama_tf.train fit --data build/shakespeare --out weights/shakespeare [hyper-parameters]
     python -m llama_tf.train plot weights/shakespeare
 
-`prepare` (TensorFlow) splits the text (the last 10% is held out and never trained on), trains a
+`prepare` (TensorFlow) reads a text file, or an asset by name (`tinyshakespeare`: found on this machine or
+downloaded once by `llama_tf.assets`), splits the text (the last 10% is held out and never trained on), trains a
 SentencePiece BPE tokenizer on the training split, and tokenizes each split in a `tf.data` pipeline with
 `llama_tf.Tokenizer`. `fit` runs on any Keras 3 backend (the shipped model was trained with JAX on a GPU):
 random windows of the training tokens, AdamW with warmup + cosine decay and gradient clipping, the best
@@ -83,11 +84,20 @@ def token_stream(tokenizer, text: str, lines_per_batch: int = 1024) -> np.ndarra
     return np.concatenate([batch.flat_values.numpy() for batch in ds])
 
 
+def text_file(text: str) -> Path:
+    "`--text`: a file, or the name of a text asset of `llama_tf.assets` (fetched once) where no such file exists."
+    from llama_tf import assets
+
+    if not Path(text).exists() and text in assets.ASSETS and assets.ASSETS[text].path.endswith(".txt"):
+        return assets.fetch(text)
+    return Path(text)
+
+
 def prepare(args):
     from llama_tf.tokenizers.tokenizer import Tokenizer
 
     try:
-        text = Path(args.text).read_text(encoding="utf-8")
+        text = text_file(args.text).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{args.text}: not UTF-8 text ({e})") from None
     splits = split_text(text, args.held_out, args.valid)
@@ -289,7 +299,7 @@ def parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("prepare", help="train the tokenizer and tokenize the splits (TensorFlow)")
-    q.add_argument("--text", required=True, help="a UTF-8 text file")
+    q.add_argument("--text", required=True, help="a UTF-8 text file, or 'tinyshakespeare' (llama_tf.assets)")
     q.add_argument("--out", required=True, help="folder for tokenizer.model, {train,valid,heldout}.npy")
     q.add_argument("--vocab-size", type=number(int, 1), default=2048)
     q.add_argument("--held-out", type=number(float, 0, below=1), default=0.1, help="fraction at the end, never trained on")

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -411,3 +412,13 @@ def test_meta_shards_whose_split_sizes_disagree(model, tmp_path, tiny_tokenizer_
     with pytest.raises(CheckpointError, match=r"consolidated.01.pth: layers.0.attention.wo.weight has shape .* "
                                               r"does not fit consolidated.00.pth's"):
         llama_tf.load(directory)
+
+
+@pytest.mark.parametrize("argument, message", [
+    ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16, q8_0, not 'int8'"),
+    ({"attention_impl": "flash"}, "attention_impl must be one of reference, tiled, fused, not 'flash'"),
+])
+def test_load_names_a_setting_it_does_not_know(argument, message):
+    "Checked before any file is read (Keras' own error for an unknown dtype policy names no llama_tf setting)."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        llama_tf.load("no/such/checkpoint", **argument)

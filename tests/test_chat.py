@@ -108,6 +108,16 @@ def test_load_finds_tokenizer_json(llama3):
     assert type(llm.tokenizer).__name__ == "HFTokenizer" and llm.tokenizer.chat_format == "llama3"
 
 
+def test_chat_tuned_is_read_from_the_files_or_the_name(llama3, tmp_path):
+    "`chat` warns when a model does not say it was tuned for chat (`LLM.chat_tuned`)."
+    assert not llama_tf.load(llama3[1]).chat_tuned                      # no template, a plain name
+    named = shutil.copytree(llama3[1], tmp_path / "Llama-3.2-1B-Instruct")
+    assert llama_tf.load(named).chat_tuned
+    templated = shutil.copytree(llama3[1], tmp_path / "with-template" / "hf")
+    (templated / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    assert llama_tf.load(templated).chat_tuned
+
+
 def test_chat_reply_equals_transformers_greedy(llama3):
     model, directory = llama3
     llm = llama_tf.load(directory)

@@ -193,3 +193,5 @@ def test_chat_replies_fit_the_context_by_default(monkeypatch, capsys):
     status, err = run("llama_tf", ["chat", "--temperature", "0"], capsys)
     assert status == 0 and replies == [128, 128]
     assert "context full" not in err
+    # The shipped model is a base model: said once, before the first prompt.
+    assert err.count("note: this model does not say it was tuned for chat") == 1

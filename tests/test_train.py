@@ -2,6 +2,7 @@
 result loads with llama_tf.load and its files are those the model card describes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,3 +37,14 @@ def test_prepare_fit_plot(tmp_path):
     llm = llama_tf.load(out)
     assert llm.config.max_seq_len == 32 and llm.tokenizer.vocab_size == 400
     assert isinstance(llm.generate("ROMEO:", 5), str)
+
+
+def test_text_is_a_file_or_an_asset_name(tmp_path, monkeypatch):
+    "`prepare --text tinyshakespeare` reads the asset (the model card's command), a path reads the path."
+    from llama_tf.train import text_file
+
+    monkeypatch.chdir(tmp_path)
+    assert text_file("tinyshakespeare") == shared_path("data/tinyshakespeare.txt")
+    (tmp_path / "tinyshakespeare").write_text("a file of that name wins")
+    assert text_file("tinyshakespeare") == Path("tinyshakespeare")
+    assert text_file("notes.txt") == Path("notes.txt")

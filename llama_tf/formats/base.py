@@ -38,6 +38,7 @@ class Checkpoint(NamedTuple):
     tensors: dict[str, TensorRef]    # Meta tensor name -> reference
     directory: Path
     format: str                      # "hf", "meta", "gguf" or "llama2c"
+    chat_template: bool = False      # whether the files carry a chat template (a model tuned for chat)
 
 
 # Tensors some checkpoints carry that the model recomputes instead.

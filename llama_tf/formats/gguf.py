@@ -197,7 +197,8 @@ def read_gguf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: {e}") from None
     if not math.isfinite(config.rope_theta):
         raise CheckpointError(f"{path}: rope.freq_base is not finite")
-    return Checkpoint(config, tensors, path.parent, "gguf")
+    chat_template = bool(metadata(reader, "tokenizer.chat_template"))
+    return Checkpoint(config, tensors, path.parent, "gguf", chat_template)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -138,7 +138,17 @@ def read_hf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{directory}: tensors that are not part of a LLaMA model: {unknown[:3]}")
     if config.tie_embeddings:
         tensors.pop("output.weight", None)  # some writers store the tied matrix twice
-    return Checkpoint(config, tensors, directory, "hf")
+    return Checkpoint(config, tensors, directory, "hf", _has_chat_template(directory))
+
+
+def _has_chat_template(directory: Path) -> bool:
+    "Whether the folder declares a chat template: `chat_template.jinja`, or one in `tokenizer_config.json`."
+    if (directory / "chat_template.jinja").is_file():
+        return True
+    try:
+        return bool(read_json(directory / "tokenizer_config.json").get("chat_template"))
+    except (FileNotFoundError, CheckpointError):   # the tokenizer's own loading reports a broken file
+        return False
 
 
 

@@ -19,6 +19,7 @@ import tensorflow_text as tf_text
 from fastcore.basics import patch
 from sentencepiece import sentencepiece_model_pb2
 
+from ..quiet import native_logs_dropped
 from .tokenizer import Tokenizer, TokenizerError
 
 # %% ../../notebooks/01_tokenizer.ipynb #dda1a2c6
@@ -62,7 +63,8 @@ class SentencePieceTokenizer(Tokenizer):
 @patch
 def _build_ops(self: SentencePieceTokenizer):
     "The `tensorflow_text` op and the compiled decoder (`_decode`, below)."
-    self._sp = tf_text.SentencepieceTokenizer(**self._options)
+    with native_logs_dropped():   # SentencePiece logs its normalizer's set-up to descriptor 2
+        self._sp = tf_text.SentencepieceTokenizer(**self._options)
     self._compiled_decode = tf.function(self._decode, input_signature=[tf.RaggedTensorSpec([None, None], tf.int32)])
 
 

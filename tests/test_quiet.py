@@ -1,0 +1,70 @@
+"""Native log lines (TensorFlow's and SentencePiece's, written to descriptor 2) are kept out of Python
+sessions and notebooks without hiding Python's own warnings and errors (`llama_tf.quiet`)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+from llama_tf.quiet import NATIVE_LOGS_ENV
+
+# absl/glog lines (`I0000 00:00:...`, `E0000 ...`), absl's preamble, SentencePiece's `LOG(INFO)`.
+NATIVE_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|\S+\.cc\(\d+\) LOG)", re.M)
+
+MECHANISM = """
+import os, sys
+from llama_tf.quiet import native_logs_dropped
+with native_logs_dropped():
+    os.write(2, b"native inside\\n")
+    print("python inside", file=sys.stderr)
+os.write(2, b"native after\\n")
+"""
+
+USE = """
+import warnings
+import llama_tf
+llm = llama_tf.load()
+llm.generate("ROMEO:", max_new_tokens=2)
+warnings.warn("a Python warning")
+"""
+
+
+def run_python(code: str, **env) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **env, NATIVE_LOGS_ENV: env.get(NATIVE_LOGS_ENV, "")})
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_native_lines_are_dropped_inside_the_window_only():
+    assert run_python(MECHANISM) == "python inside\nnative after\n"
+
+
+def test_LLAMA_TF_NATIVE_LOGS_keeps_every_native_line():
+    assert run_python(MECHANISM, **{NATIVE_LOGS_ENV: "1"}) == "native inside\npython inside\nnative after\n"
+
+
+def test_tensorflow_can_still_be_configured_after_import():
+    run_python("import llama_tf.model, tensorflow as tf\n"
+               "tf.config.set_visible_devices([], 'GPU')\n"
+               "tf.config.threading.set_intra_op_parallelism_threads(1)")
+
+
+def test_a_python_session_shows_python_warnings_and_no_native_lines():
+    stderr = run_python(USE)
+    assert "UserWarning: a Python warning" in stderr
+    assert not NATIVE_LINE.search(stderr), stderr
+
+
+def test_a_notebook_cell_shows_no_native_lines(tmp_path, monkeypatch):
+    "In Jupyter, where ipykernel copies descriptor 2 into the cell (its default, not tests/ipython's profile)."
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))   # a fresh profile: ipykernel's defaults
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")          # under which ipykernel would not copy descriptor 2
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(USE)])
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()   # ipykernel's own: this Python
+    streams = "".join(out.get("text", "") for out in notebook.cells[0].outputs if out.output_type == "stream")
+    assert "UserWarning: a Python warning" in streams
+    assert not NATIVE_LINE.search(streams), streams
