@@ -28,7 +28,7 @@ Modules:
 - `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.q8_0`: llama.cpp's Q8_0 blocks in NumPy: the codec that the GGUF reader and the `Projection` layer share.
-- `llama_tf.quiet`: Command lines that print only their own output: the native libraries' log lines go nowhere.
+- `llama_tf.quiet`: The native libraries' start-up log lines kept out of sessions, notebooks and command lines.
 - `llama_tf.rope`: RoPE's frequencies in NumPy: θ_i = theta^(-2i / head_dim) for each feature pair, and their rescaling for long contexts (Llama 3.1 and 3.2; notebook 11).
 - `llama_tf.sampling`: Choosing each next token: greedy decoding and sampling shaped by temperature, top-k and top-p, reproducible for a seed.
 - `llama_tf.structure`: A LLaMA model's structure, named once: its tensors under Meta's names with their shapes, and which projections model parallelism splits along their outputs or their inputs.

@@ -140,7 +140,7 @@ class Decoder:
     (`compiled_step`) runs both the prefill (every prompt, left-padded to the longest) and each
     one-token decode step."""
 
-    def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None):
+    def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None, vocab_size: int | None = None):
         """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
         size and cache length, instead of in the graph step (traced once for every shape, and once for a
         batch of one token, whose products go to llama_tf's compiled ops where they are built: notebook
@@ -149,8 +149,12 @@ class Decoder:
         float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
         default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with Q8_0
         weights (`LLM.quantize`) except in a batch of one with the ops built: otherwise the graph would
-        dequantise every block every step."""
+        dequantise every block every step.
+
+        `vocab_size`: the ids the tokenizer has. Where the model's embedding has more rows (padded past
+        the vocabulary), the ids beyond are never picked: the tokenizer could not write them out."""
         self.model, self.max_seq_len = model, max_seq_len
+        self.vocab_size = vocab_size if vocab_size is not None and vocab_size < model.output_shape[-1] else None
         tensorflow = keras.backend.backend() == "tensorflow"
         q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
         default = xla is None
@@ -160,7 +164,7 @@ class Decoder:
         self.in_place = bool(xla) and tensorflow
         self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
-        self.greedy_steps = compiled_greedy_steps(model)
+        self.greedy_steps = compiled_greedy_steps(model) if self.vocab_size is None else None
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
 
@@ -185,7 +189,7 @@ class Decoder:
             which = "the prompt" if len(prompts) == 1 else f"prompt {int(lengths.argmax())}"
             raise ValueError(f"{which} is {lengths.max()} tokens, longer than the model's context of "
                              f"{self.max_seq_len}")
-        budget = np.minimum(max_new_tokens, self.max_seq_len - lengths)    # new tokens each row may have
+        budget = np.minimum(min(max_new_tokens, self.max_seq_len), self.max_seq_len - lengths)   # per row
         return self._steps(prompts, lengths, budget, sampler, stop_ids)
 
     def _steps(self, prompts, lengths, budget, sampler, stop_ids) -> Iterator[np.ndarray]:
@@ -202,6 +206,8 @@ class Decoder:
         # length from the start would be alive twice during the prefill: the empty ones and the written.)
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
+        if self.vocab_size is not None:
+            sampler = functools.partial(_pick_within, sampler, self.vocab_size)
         logits, cache = self.step(ids, None, np.int32(0), start)
         in_place = self.in_place and not (len(prompts) == 1 and self.one_row_in_graph)
         capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
@@ -227,6 +233,11 @@ class Decoder:
             else:
                 tokens, cache = self.greedy_steps(fed, cache, np.int32(slot), start, chunk)
                 tokens = to_numpy(tokens)
+
+
+def _pick_within(sampler: Sampler, vocab_size: int, logits):
+    "The sampler's choice among the first `vocab_size` ids."
+    return sampler(logits[:, :vocab_size])
 
 
 def _grow(cache: list, length: int, wanted: int, in_place: bool = False) -> int:

@@ -108,7 +108,7 @@ class LLM:
     def decoder(self) -> Decoder:
         "The compiled prefill/decode step (built on first use)."
         if self._decoder is None:
-            self._decoder = Decoder(self.model, self.config.max_seq_len)
+            self._decoder = Decoder(self.model, self.config.max_seq_len, vocab_size=self.tokenizer.vocab_size)
         return self._decoder
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 20, temperature: float = 0.0,
@@ -122,7 +122,8 @@ class LLM:
         strings (which is left out). A list of prompts returns a list, each continuation as it would be
         alone. `stream=True` (one prompt) returns an iterator over pieces of text as they are generated.
         """
-        stops = [stop] if isinstance(stop, str) else list(stop)
+        stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) \
+            else [] if stop is None else [stop]
         if not all(isinstance(s, str) and s for s in stops):
             raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
         single = isinstance(prompt, str)

@@ -23,7 +23,8 @@ def ranked_probabilities(logits, temperature: float = 1.0, top_k: int = 0, top_p
     most likely; 0 keeps all), and their probabilities under softmax(logits / temperature), set to 0
     outside the nucleus `top_p` (the tokens whose more likely tokens hold at most `top_p`). Unnormalised
     where `top_p` cut the row: `draw` scales by the sum."""
-    logits = np.asarray(logits, "float64") / temperature
+    logits = np.asarray(logits, "float64")
+    logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # the max first: no overflow
     order = np.argsort(-logits, axis=-1, kind="stable")                # most likely first
     if top_k:
         order = order[:, :top_k]
@@ -63,8 +64,8 @@ class Sampler:
             raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
-        if seed is not None and not is_int(seed):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and (not is_int(seed) or seed < 0):
+            raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.rng = np.random.default_rng(seed)
 

@@ -1,10 +1,12 @@
 """Bad input gets an error that names the problem, and loses nothing: checkpoints, tokenizers, generation."""
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -422,3 +424,52 @@ def test_load_names_a_setting_it_does_not_know(argument, message):
     "Checked before any file is read (Keras' own error for an unknown dtype policy names no llama_tf setting)."
     with pytest.raises(ValueError, match=re.escape(message)):
         llama_tf.load("no/such/checkpoint", **argument)
+
+
+def test_ids_past_the_tokenizer_are_never_generated(tmp_path, tiny_tokenizer_proto):
+    "An embedding padded past the vocabulary: the padded rows, made the most likely, are still never picked."
+    torch = require("torch")
+    vocab = llama_tf.Tokenizer(tiny_tokenizer_proto).vocab_size
+    model = hf_model(vocab_size=vocab + 64, tie_word_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight[vocab:] = 100 * model.lm_head.weight[:vocab].abs().max()
+    llm = llama_tf.load(write_hf(model, tmp_path / "hf", tiny_tokenizer_proto))
+    assert llm.config.vocab_size == vocab + 64
+    ids = llm.generate_ids([1, 5, 6], 12, stop_ids=())
+    assert len(ids) == 12 and max(ids) < vocab
+    assert isinstance(llm.generate("ab", 12, temperature=1.0, seed=0), str)
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    "Fails the test instead of hanging it (a read from a pipe nobody writes blocks forever)."
+    def timeout(*_):
+        raise TimeoutError(f"still blocked after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("layout", ["gguf", "hf", "meta", "tokenizer"])
+def test_a_named_pipe_is_refused_not_read(layout, hf_dir, meta_dir, tmp_path):
+    "A FIFO where a weights or tokenizer file should be: named as such at once, never opened."
+    if layout == "gguf":
+        target = tmp_path / "model.gguf"
+    elif layout == "hf":
+        target = hf_dir / "model.safetensors"
+    elif layout == "meta":
+        target = meta_dir / "consolidated.00.pth"
+    else:
+        target = tmp_path / "tokenizer.model"
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    error = llama_tf.TokenizerError if layout == "tokenizer" else CheckpointError
+    with within(20), pytest.raises(error, match="not a regular file"):
+        if layout == "tokenizer":
+            llama_tf.Tokenizer(target)
+        else:
+            llama_tf.load(target if layout == "gguf" else target.parent)

@@ -7,6 +7,7 @@ Tolerance (float32): max |Δlogits| <= 1e-4 × max |logits of the uncached model
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import llama_tf
 from llama_tf.generation import Decoder, Sampler, TextStream, _grow, compiled_step
@@ -145,13 +146,36 @@ def test_sampler_follows_temperature_top_k_and_meta_nucleus_rule():
     (dict(top_k=2.5), "top_k must be an integer >= 0"),
     (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be a number in \(0, 1\]"),
-    (dict(seed="1"), "seed must be an integer or None"),
+    (dict(seed="1"), "seed must be an integer >= 0 or None"),
+    (dict(seed=-1), "seed must be an integer >= 0 or None"),
     (dict(stop=""), "stop must be a non-empty string or a list of them"),
     (dict(stop=["ok", 3]), "stop must be a non-empty string or a list of them"),
 ])
 def test_invalid_sampling_arguments(llm, options, message):
     with pytest.raises(ValueError, match=message):
         llm.generate(PROMPTS[0], 4, **options)
+
+
+def test_extreme_numbers_give_the_limit_they_approach(llm):
+    "A tiny temperature is greedy (the logits once overflowed to ±inf); a huge budget stops at the context."
+    greedy = llm.generate(PROMPTS[0], 8)
+    assert llm.generate(PROMPTS[0], 8, temperature=1e-320, seed=0) == greedy
+    assert llm.generate(PROMPTS[0], 10**20, stop=None) == llm.generate(PROMPTS[0], llm.config.max_seq_len)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["temperature", "top_k", "top_p", "seed"]),
+       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70),
+                       st.booleans(), st.text(max_size=3), st.none()))
+def test_any_sampling_number_is_accepted_or_named(name, value):
+    "Every value either makes a Sampler that draws a valid id, or is a ValueError naming the argument."
+    try:
+        sampler = Sampler(**{name: value})
+    except ValueError as e:
+        assert str(e).startswith(f"{name} must be"), e
+        return
+    ids = sampler(np.array([[0.0, 3.0, 1.0, -1e30]], "float32"))
+    assert ids.shape == (1,) and 0 <= ids[0] < 4
 
 
 def test_streaming_a_batch_is_refused(llm):

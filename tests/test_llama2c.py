@@ -70,6 +70,17 @@ def test_malformed_files(model, tmp_path):
             read_checkpoint(tmp_path / name)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_file_cut_after_indexing_is_named(model, tmp_path, version):
+    "The header was read and the size checked; then the file shrank before its tensors were read."
+    path = write_llama2c(model, tmp_path / "model.bin", version)
+    checkpoint = read_checkpoint(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="the file ends inside a tensor"):
+        for tensor in checkpoint.tensors.values():
+            tensor.load()
+
+
 def test_pytorch_pickles_are_never_read(tmp_path):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:

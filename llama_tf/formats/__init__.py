@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, tensor_shapes, validate
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, regular_file, tensor_shapes, validate
 
 __all__ = ["read_checkpoint", "Checkpoint", "CheckpointError", "TensorRef", "tensor_shapes", "validate"]
 
@@ -26,6 +26,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        regular_file(path)
     if path.suffix == ".safetensors" or (path.is_dir() and (path / "config.json").exists()):
         from llama_tf.formats.hf import read_hf
         return read_hf(path)

@@ -45,11 +45,27 @@ class Checkpoint(NamedTuple):
 IGNORED = re.compile(r"(^|\.)(rope\.freqs|rotary_emb\.inv_freq)$")
 
 
+def regular_file(file: Path) -> Path:
+    "`file`, refused unless it is a regular file: reading a pipe or a device blocks, or never ends."
+    if file.exists() and not file.is_file():
+        kind = "a directory" if file.is_dir() else "a pipe, socket or device"
+        raise CheckpointError(f"{file}: not a regular file ({kind})")
+    return file
+
+
+def read_array(file: Path, offset: int, count: int, dtype) -> np.ndarray:
+    "`count` values of `dtype` at byte `offset`; a file that ends sooner (it shrank since it was indexed) is refused."
+    with open(file, "rb") as f:
+        f.seek(offset)
+        values = np.fromfile(f, dtype=dtype, count=count)
+    if values.size != count:
+        raise CheckpointError(f"{file}: the file ends inside a tensor (truncated, or changed since it was read?)")
+    return values
+
+
 def read_json(file: Path) -> dict:
     "A JSON object from `file`; anything else (a list, deep nesting, a FIFO, bad UTF-8) is a CheckpointError."
-    if file.exists() and not file.is_file():
-        raise CheckpointError(f"{file}: not a regular file")
-    if not file.is_file():
+    if not regular_file(file).is_file():
         raise FileNotFoundError(f"{file.name} not found beside the weights in {file.parent}")
     try:
         value = json.loads(file.read_text())

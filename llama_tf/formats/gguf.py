@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, tensor_shapes
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_array, tensor_shapes
 from llama_tf.config import LlamaConfig
 from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
 from llama_tf.q8_0 import split_q8_0
@@ -110,11 +110,7 @@ def _load_tensor(path: Path, offset: int, n_bytes: int, kind, shape: tuple[int, 
     mapping outlives the call, so the file's pages do not stay resident beside the loaded weights."""
     import gguf
 
-    with open(path, "rb") as f:
-        f.seek(offset)
-        raw = np.fromfile(f, dtype=np.uint8, count=n_bytes)
-    if raw.size != n_bytes:
-        raise CheckpointError(f"{path}: the file ends inside a tensor (truncated?)")
+    raw = read_array(path, offset, n_bytes, np.uint8)
     if kind == gguf.GGMLQuantizationType.F32:
         return raw.view(np.float32).reshape(shape)
     if kind == gguf.GGMLQuantizationType.F16:
@@ -124,11 +120,7 @@ def _load_tensor(path: Path, offset: int, n_bytes: int, kind, shape: tuple[int, 
 
 def _load_q8_0(path: Path, offset: int, n_bytes: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     "A Q8_0 tensor (rows, columns) as stored: int8 weights (rows, columns) and float16 scales (rows, columns // 32)."
-    with open(path, "rb") as f:
-        f.seek(offset)
-        raw = np.fromfile(f, dtype=np.uint8, count=n_bytes)
-    if raw.size != n_bytes:
-        raise CheckpointError(f"{path}: the file ends inside a tensor (truncated?)")
+    raw = read_array(path, offset, n_bytes, np.uint8)
     return split_q8_0(raw, *shape)
 
 

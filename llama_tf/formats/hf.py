@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from llama_tf.config import LlamaConfig
-from llama_tf.formats.base import IGNORED, Checkpoint, CheckpointError, TensorRef, read_config, read_json
+from llama_tf.formats.base import IGNORED, Checkpoint, CheckpointError, TensorRef, read_config, read_json, regular_file
 from llama_tf.formats.staging import staged_folder
 
 __all__ = ["read_hf", "write_hf", "hf_config", "unpermute_rope_rows", "permute_rope_rows", "SHARD_BYTES"]
@@ -118,6 +118,7 @@ def read_hf(path: Path) -> Checkpoint:
         files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: config.json but no *.safetensors weights")
+    files = [regular_file(f) for f in files]
 
     tensors, unknown = {}, []
     for file in files:

@@ -18,6 +18,7 @@ must be exactly what its header implies; nothing is read beyond a tensor's bytes
 
 from __future__ import annotations
 
+import math
 import struct
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef
+from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_array
 from llama_tf.config import LlamaConfig
 from llama_tf.structure import BLOCK_PROJECTIONS, block_shapes
 
@@ -102,18 +103,13 @@ def _expected_size(version, ints, shared, group, offset) -> int:
 
 
 def _read_float32(path: Path, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return np.fromfile(f, dtype="<f4", count=int(np.prod(shape))).reshape(shape)
+    return read_array(path, offset, math.prod(shape), "<f4").reshape(shape)
 
 
 def _read_q80(path: Path, offset: int, scale_offset: int, shape: tuple[int, ...], group: int) -> np.ndarray:
-    n = int(np.prod(shape))
-    with open(path, "rb") as f:
-        f.seek(offset)
-        values = np.fromfile(f, dtype=np.int8, count=n).astype(np.float32)
-        f.seek(scale_offset)
-        scales = np.fromfile(f, dtype="<f4", count=n // group)
+    n = math.prod(shape)
+    values = read_array(path, offset, n, np.int8).astype(np.float32)
+    scales = read_array(path, scale_offset, n // group, "<f4")
     return (values.reshape(-1, group) * scales[:, None]).reshape(shape)
 
 

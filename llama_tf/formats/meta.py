@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_tf.config import LlamaConfig
-from llama_tf.formats.base import IGNORED, Checkpoint, CheckpointError, TensorRef, read_config, read_json
+from llama_tf.formats.base import IGNORED, Checkpoint, CheckpointError, TensorRef, read_config, read_json, regular_file
 from llama_tf.structure import SPLIT_INPUTS
 
 __all__ = ["read_meta"]
@@ -65,7 +65,7 @@ def read_meta(path: Path) -> Checkpoint:
     directory = path if path.is_dir() else path.parent
     params_file = directory / "params.json"
     params = read_json(params_file)
-    shards = [path] if path.is_file() else sorted(directory.glob("consolidated.*.pth"))
+    shards = [regular_file(f) for f in ([path] if path.is_file() else sorted(directory.glob("consolidated.*.pth")))]
     if not shards:
         raise CheckpointError(f"{directory}: params.json but no consolidated.*.pth weights")
     states = [_torch_load(f) for f in shards]

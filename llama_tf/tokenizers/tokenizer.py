@@ -41,9 +41,7 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
     if not isinstance(model, (str, Path, bytes, bytearray)):
         raise TokenizerError(f"a tokenizer is opened from a file's path or bytes, got {type(model).__name__}")
     if not isinstance(model, (bytes, bytearray)):
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        path = _tokenizer_file(model)
         if path.suffix == ".json":
             from llama_tf.tokenizers.hf_tokenizer import HFTokenizer
             return HFTokenizer
@@ -227,10 +225,18 @@ def read_model(model: str | Path | bytes, default_name: str) -> tuple[bytes, str
     "A tokenizer file's bytes and a name for error messages, from its path or from the bytes themselves."
     if isinstance(model, (bytes, bytearray)):
         return bytes(model), default_name
+    path = _tokenizer_file(model)
+    return path.read_bytes(), str(path)
+
+
+def _tokenizer_file(model) -> Path:
+    "The path of a tokenizer file that exists and is a regular file (a pipe would block the read)."
     path = Path(model)
+    if path.exists() and not path.is_file():
+        raise TokenizerError(f"{path}: not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
-    return path.read_bytes(), str(path)
+    return path
 
 
 def _text(value) -> str:
