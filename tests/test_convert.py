@@ -3,6 +3,7 @@ GGUF. The shipped model, trained in Keras, runs in llama.cpp with the same greed
 the logits; writing over a sharded checkpoint leaves nothing of the old one to be read."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 
 import llama_tf
 from llama_tf.formats import hf as hf_format, read_checkpoint
+from llama_tf import CheckpointError
 from llama_tf.convert import convert
 from conftest import ROOT, require
 from reference import hf_model, max_relative_error, write_hf
@@ -157,3 +159,49 @@ def test_the_leftovers_of_a_killed_writer_are_cleared_by_the_next_write(hf_dir, 
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out"]
     assert (tmp_path / "out" / "training.log").read_text() == "step 100\n"
     assert llama_tf.load(tmp_path / "out").config.vocab_size == llama_tf.load(hf_dir).config.vocab_size
+
+
+def test_two_writers_of_one_gguf_leave_one_whole_file(hf_dir, tmp_path):
+    "Two processes converting to one .gguf at the same moments: the file is always one writer's whole output."
+    outputs = {dtype: convert(hf_dir, tmp_path / f"{dtype}.gguf", dtype=dtype).read_bytes()
+               for dtype in ("float32", "float16")}
+    target = tmp_path / "race" / "model.gguf"
+    script = ("import sys\nfrom llama_tf.convert import convert\n"
+              f"for _ in range(15):\n    convert({str(hf_dir)!r}, {str(target)!r}, dtype=sys.argv[1])\n")
+    writers = [subprocess.Popen([sys.executable, "-c", script, dtype], env={**os.environ, "PYTHONPATH": str(ROOT)})
+               for dtype in outputs]
+    assert [writer.wait(timeout=300) for writer in writers] == [0, 0]
+    assert target.read_bytes() in outputs.values()
+    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]     # no stage left behind
+
+
+def test_saving_over_a_checkpoint_keeps_the_files_it_does_not_write(hf_dir, tmp_path):
+    "save_hf_checkpoint writes no tokenizer: the one beside the old weights stays, and the folder still loads."
+    from llama_tf.loading import save_hf_checkpoint
+
+    llm = llama_tf.load(hf_dir)
+    folder = shutil.copytree(hf_dir, tmp_path / "checkpoint")
+    save_hf_checkpoint(llm.model, llm.config, folder)
+    assert (folder / "tokenizer.model").read_bytes() == (hf_dir / "tokenizer.model").read_bytes()
+    assert llama_tf.load(folder).config == llm.config
+
+
+@pytest.mark.parametrize("to", ["gguf", "hf"])
+def test_a_full_disk_is_named_and_the_old_checkpoint_kept(hf_dir, tmp_path, monkeypatch, to):
+    "The writers' own errors on a full disk (numpy's short write, SafetensorError) say nothing of space."
+    import gguf
+    import safetensors.numpy
+
+    old = convert(hf_dir, tmp_path / ("out.gguf" if to == "gguf" else "out"))
+    before = sorted((p.name, p.read_bytes()) for p in ([old] if old.is_file() else old.iterdir()))
+
+    def full(*args, **kwargs):
+        raise OSError("147456 requested and 74424 written") if to == "gguf" else \
+            safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 4096))
+    with pytest.raises(CheckpointError, match=r"cannot write .*out.*: the disk is full \(4,096 bytes free\)"):
+        convert(hf_dir, old, dtype="float16")
+    assert sorted((p.name, p.read_bytes()) for p in ([old] if old.is_file() else old.iterdir())) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

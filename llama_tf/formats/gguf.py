@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_array, tensor_shapes
+from llama_tf.formats.staging import staged_file
 from llama_tf.config import LlamaConfig
 from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
 from llama_tf.q8_0 import split_q8_0
@@ -299,8 +300,8 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
     """A llama GGUF file at `path`: `config` as metadata, `tensors` (Meta names -> functions returning
     NumPy arrays in Meta's orientation and RoPE layout) in llama.cpp's names, matrices stored as `dtype`
     (F32, F16, BF16 or Q8_0; norms stay F32), Llama 3 rescaling as `rope_freqs`, and the `vocabulary`.
-    Streamed one tensor at a time into `<path>.partial`, renamed when complete: an interrupted write
-    leaves no `.gguf`."""
+    Streamed one tensor at a time into this writer's own stage beside `path` (`staged_file`), renamed
+    when complete: an interrupted write leaves the old file, two writers leave one's whole file."""
     import gguf
     import ml_dtypes
 
@@ -339,39 +340,35 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
             return array.astype(ml_dtypes.bfloat16).view(np.uint16)
         return gguf.quants.quantize(array, stored)
 
-    partial_path = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(partial_path, "llama")
-    writer.add_context_length(config.max_seq_len)
-    writer.add_embedding_length(config.dim)
-    writer.add_block_count(config.n_layers)
-    writer.add_feed_forward_length(config.hidden_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_vocab_size(config.vocab_size)
-    if config.rope_scaling and config.rope_scaling["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(config.rope_scaling["factor"])
-    writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-                          "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-    _write_vocabulary(writer, vocabulary)
-    try:
-        for name, shape, stored, _ in plan:
-            n_bytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, stored)))
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), n_bytes, raw_dtype=stored)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for name, shape, stored, load in plan:
-            writer.write_tensor_data(encoded(load(), stored))
-        writer.close()
-        partial_path.replace(path)
-    except BaseException:
-        writer.close()
-        partial_path.unlink(missing_ok=True)
-        raise
+    with staged_file(path, CheckpointError) as stage:
+        writer = gguf.GGUFWriter(stage, "llama")
+        try:
+            writer.add_context_length(config.max_seq_len)
+            writer.add_embedding_length(config.dim)
+            writer.add_block_count(config.n_layers)
+            writer.add_feed_forward_length(config.hidden_dim)
+            writer.add_rope_dimension_count(config.head_dim)
+            writer.add_head_count(config.n_heads)
+            writer.add_head_count_kv(config.n_kv_heads)
+            writer.add_layer_norm_rms_eps(config.norm_eps)
+            writer.add_rope_freq_base(config.rope_theta)
+            writer.add_vocab_size(config.vocab_size)
+            if config.rope_scaling and config.rope_scaling["rope_type"] == "linear":
+                writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                writer.add_rope_scaling_factor(config.rope_scaling["factor"])
+            writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+                                  "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+            _write_vocabulary(writer, vocabulary)
+            for name, shape, stored, _ in plan:
+                n_bytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, stored)))
+                writer.add_tensor_info(name, shape, np.dtype(np.float32), n_bytes, raw_dtype=stored)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for name, shape, stored, load in plan:
+                writer.write_tensor_data(encoded(load(), stored))
+        finally:
+            writer.close()
     return path
 
 
