@@ -12,10 +12,11 @@ Modules:
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
 - `llama_tf.formats.base`: The one form every checkpoint format is read into, and the checks on it.
 - `llama_tf.formats.gguf`: GGUF, llama.cpp's format: a `llama`-architecture file read into a `Checkpoint` through the `gguf` package.
+- `llama_tf.formats.gguf_header`: A GGUF header walked once before the `gguf` reader sees it: every length and count checked against the bytes that remain.
 - `llama_tf.formats.hf`: Hugging Face's layout: `config.json` + `model.safetensors`, or `model-0000X-of-0000Y.safetensors` shards with `model.safetensors.index.json`, read into a `Checkpoint` and written back from one.
 - `llama_tf.formats.llama2c`: llama2.c's `.bin` checkpoints (Karpathy's `export.py`): the TinyStories models and anything exported with it.
 - `llama_tf.formats.meta`: Meta's layout: `params.json` + `consolidated.00.pth` … `consolidated.NN.pth` (model-parallel shards), read into a `Checkpoint`.
-- `llama_tf.formats.staging`: Writing a checkpoint folder atomically as a whole.
+- `llama_tf.formats.staging`: Writing a checkpoint atomically as a whole, privately to its writer.
 - `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
 - `llama_tf.keras_internals`: The private Keras API llama_tf cannot do without, in one place: each use has a name here, and `tests/test_keras_internals.py` fails loudly when a Keras upgrade moves one.
 - `llama_tf.layers.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.

@@ -10,6 +10,8 @@ Q8_0, K-quants), the size of that rounding.
 
 import ctypes
 import shutil
+import struct
+import time
 
 import numpy as np
 import pytest
@@ -173,3 +175,45 @@ def test_other_architectures_and_types_are_refused_by_name(tmp_path):
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     with pytest.raises(CheckpointError, match="stored as Q5_1; llama_tf reads F32, F16, BF16, Q8_0, Q4_0, Q4_K"):
         read_checkpoint(tmp_path / "q5.gguf")
+
+
+def test_a_length_field_the_file_cannot_hold_is_refused_at_once(hf, tmp_path):
+    "An array count of 2^62 in a small file: refused before the reader walks it (it took 80 s and 5 GiB)."
+    _, directory = hf
+    data = bytearray(write_gguf(directory, tmp_path / "good.gguf", "F32").read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    at = data.index(key) + len(key) + 4 + 4       # past the key, its value type (array) and the item type
+    data[at: at + 8] = struct.pack("<Q", 2**62)
+    (tmp_path / "huge_count.gguf").write_bytes(data)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="claims 4,611,686,018,427,387,904 items, more than the file can hold"):
+        read_checkpoint(tmp_path / "huge_count.gguf")
+    assert time.perf_counter() - start < 5
+
+
+def vocabulary_file(path, model="gpt2", tokens=("a", "b", "ab"), **fields):
+    "A GGUF file holding only a tokenizer: `tokenizer.ggml.*` fields as given."
+    gguf = require("gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tokenizer_model(model)
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_array("tokenizer.ggml.tokens", list(tokens))
+    for key, value in fields.items():
+        (writer.add_array if isinstance(value, list) else writer.add_uint32)(f"tokenizer.ggml.{key}", value)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), "float32"))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    return path
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(merges=["a b c"]), "tokenizer.ggml.merges is malformed"),
+    (dict(merges=["x y"]), "the GGUF BPE vocabulary cannot be built"),
+    (dict(merges=["a b"], bos_token_id=99), "tokenizer.ggml.bos_token_id is malformed"),
+    (dict(merges=["a b"], token_type=[1, 1]), "tokenizer.ggml.token_type is malformed"),
+    (dict(tokens=[1, 2, 3], merges=["a b"]), "tokenizer.ggml.tokens is malformed"),
+    (dict(model="llama", scores=[0.0]), "tokenizer.ggml.scores is malformed"),
+])
+def test_a_malformed_vocabulary_is_named(tmp_path, fields, message):
+    "Each once ended in a TypeError, IndexError or a bare Exception from inside the tokenizer's set-up."
+    with pytest.raises(CheckpointError, match=message):
+        llama_tf.Tokenizer(vocabulary_file(tmp_path / "v.gguf", **fields))

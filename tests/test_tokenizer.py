@@ -147,18 +147,16 @@ def _greek_model(tmp_path, byte_fallback: bool) -> bytes:
     return model.getvalue()
 
 
-def test_a_vocabulary_without_latin_letters_opens_and_round_trips(tmp_path):
-    "A model trained on Greek alone has no one-letter ASCII piece: its byte-fallback 'A' is the decoder's sentinel."
+@pytest.mark.parametrize("byte_fallback", [True, False], ids=["byte-fallback", "greek-letters-only"])
+def test_a_vocabulary_without_latin_letters_opens_and_round_trips(tmp_path, byte_fallback):
+    """A model trained on Greek alone has no one-letter ASCII piece: the decoder's sentinel is a Greek
+    letter (two bytes), or with byte fallback its "A" (once a StopIteration, then a refusal)."""
     spm = require("sentencepiece")
-    proto = _greek_model(tmp_path, byte_fallback=True)
+    proto = _greek_model(tmp_path, byte_fallback=byte_fallback)
     tok = llama_tf.SentencePieceTokenizer(proto)
     reference = spm.SentencePieceProcessor(model_proto=proto)
-    for text in ["μῆνιν ἄειδε θεά", " Ἄνδρα μοι", "Latin letters too"]:
+    texts = ["μῆνιν ἄειδε θεά", " Ἄνδρα μοι", "  πολλὰ", ""] + (["Latin letters too"] if byte_fallback else [])
+    for text in texts:
         assert tok.encode(text) == reference.encode(text)
         assert tok.decode(tok.encode(text)) == reference.decode(reference.encode(text))
-
-
-def test_a_vocabulary_the_decoder_cannot_serve_is_refused_by_name(tmp_path):
-    proto = _greek_model(tmp_path, byte_fallback=False)
-    with pytest.raises(llama_tf.TokenizerError, match="no one-letter ASCII piece and no byte fallback"):
-        llama_tf.SentencePieceTokenizer(proto)
+        assert tok.detokenize(tok.tokenize(text)) == reference.decode(reference.encode(text))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import mmap
+import os
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_array, tensor_shapes
+from llama_tf.formats.gguf_header import check_gguf_header
 from llama_tf.formats.staging import staged_file
 from llama_tf.config import LlamaConfig
 from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
@@ -67,6 +70,10 @@ def _open(path: Path, modified: int, size: int):
         def data(self, mapping):
             self._data = np.asarray(mapping)   # an ndarray over the memmap's buffer, no copy
 
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                check_gguf_header(data, path)   # before the reader trusts a length field
     try:
         return Reader(path)
     except Exception as e:   # the reader raises ValueError, struct errors, IndexError on truncated files
@@ -219,8 +226,19 @@ def tokenizer_file(path: Path) -> tuple[str, bytes]:
     tokens = metadata(reader, "tokenizer.ggml.tokens")
     if model is None or not tokens:
         raise CheckpointError(f"{path}: the GGUF file carries no tokenizer (tokenizer.ggml.model/tokens)")
-    types = metadata(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    special = {key: metadata(reader, f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    n = len(tokens) if isinstance(tokens, list) else 0
+
+    def field(key, valid, default=None):
+        value = metadata(reader, f"tokenizer.ggml.{key}", default)
+        if value is None or valid(value):
+            return value
+        raise CheckpointError(f"{path}: GGUF metadata tokenizer.ggml.{key} is malformed: {str(value)[:80]!r}")
+
+    field("tokens", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v))
+    types = field("token_type", lambda v: isinstance(v, list) and len(v) == n
+                  and all(is_int(t) and 1 <= t <= 6 for t in v), [1] * n)           # SentencePiece's piece types
+    special = {key: field(f"{key}_token_id", lambda v: is_int(v) and 0 <= v < n)
+               for key in ("bos", "eos", "unknown", "padding")}
     if model == "llama":
         return "sentencepiece", _sentencepiece_proto(reader, tokens, types, special)
     if model == "gpt2":
@@ -228,10 +246,17 @@ def tokenizer_file(path: Path) -> tuple[str, bytes]:
     raise CheckpointError(f"{path}: tokenizer model {model!r}; llama_tf reads 'llama' (SentencePiece) and 'gpt2' (BPE)")
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _sentencepiece_proto(reader, tokens, types, special) -> bytes:
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     scores = metadata(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    if not isinstance(scores, list) or len(scores) != len(tokens) or \
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+        raise CheckpointError("GGUF metadata tokenizer.ggml.scores is malformed: not a number per token")
     proto = pb.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
         proto.pieces.add(piece=piece, score=float(score), type=int(kind))   # GGUF's types are SentencePiece's
@@ -262,10 +287,15 @@ def _tokenizer_json(path, reader, tokens, types) -> bytes:
     if pre not in _PRE_PATTERNS:
         raise CheckpointError(f"{path}: BPE pre-tokenizer {pre!r} is not supported; llama_tf knows "
                               f"{', '.join(_PRE_PATTERNS)} (Llama 3's)")
-    merges = [tuple(m.split(" ", 1)) for m in metadata(reader, "tokenizer.ggml.merges") or []]
+    merges = metadata(reader, "tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
+        raise CheckpointError(f"{path}: GGUF metadata tokenizer.ggml.merges is malformed: not a list of 'a b' pairs")
     control = {i for i, kind in enumerate(types) if int(kind) in (3, 4)}       # CONTROL, USER_DEFINED
     vocab = {t: i for i, t in enumerate(tokens) if i not in control}
-    tok = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    try:
+        tok = tokenizers.Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in merges], ignore_merges=True))
+    except Exception as e:   # tokenizers raises a bare Exception: a merge of tokens not in the vocabulary
+        raise CheckpointError(f"{path}: the GGUF BPE vocabulary cannot be built: {e}") from None
     pattern = _PRE_PATTERNS[pre]
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated"),

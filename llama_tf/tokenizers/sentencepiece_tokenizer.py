@@ -56,7 +56,7 @@ class SentencePieceTokenizer(Tokenizer):
         spec = sentencepiece_model_pb2.ModelProto.FromString(proto).normalizer_spec
         self._dummy_prefix = spec.add_dummy_prefix
         self._control_ids = tf.constant([i for i in range(self.vocab_size) if processor.is_control(i)], tf.int32)
-        self._sentinel_id = sentinel_piece(processor)
+        self._sentinel_id, self._sentinel_bytes = sentinel_piece(processor)
         self._build_ops()
 
 # %% ../../notebooks/01_tokenizer.ipynb #84bc7210
@@ -111,16 +111,18 @@ def id_to_string(self: SentencePieceTokenizer, ids):
     return pieces.decode() if isinstance(pieces, bytes) else [p.decode() for p in pieces]
 
 # %% ../../notebooks/01_tokenizer.ipynb #0512f331
-def sentinel_piece(processor: spm.SentencePieceProcessor) -> int:
-    """A piece that decodes to one ASCII letter (one byte): a one-letter piece, else the byte-fallback
-    piece of "A". A vocabulary with neither (no Latin letters, no byte fallback) is refused."""
-    for i in range(processor.vocab_size()):
-        if len(piece := processor.id_to_piece(i)) == 1 and piece.isascii() and piece.isalpha():
-            return i
+def sentinel_piece(processor: spm.SentencePieceProcessor) -> tuple[int, int]:
+    """A piece that decodes to one letter, and that letter's length in UTF-8 bytes: a one-letter piece
+    (ASCII first, else any script), else the byte-fallback piece of "A"."""
+    letters = [(not piece.isascii(), i, piece) for i in range(processor.vocab_size())
+               if len(piece := processor.id_to_piece(i)) == 1 and piece.isalpha() and not processor.is_unknown(i)]
+    if letters:
+        _, i, piece = min(letters)
+        return i, len(piece.encode())
     byte_a = processor.piece_to_id("<0x41>")
     if processor.id_to_piece(byte_a) == "<0x41>" and processor.is_byte(byte_a):
-        return byte_a
-    raise TokenizerError("this SentencePiece model has no one-letter ASCII piece and no byte fallback; "
+        return byte_a, 1
+    raise TokenizerError("this SentencePiece model has no one-letter piece and no byte fallback; "
                          "tensorflow_text cannot decode its text exactly")
 
 # %% ../../notebooks/01_tokenizer.ipynb #958225bf
@@ -155,7 +157,7 @@ def _decode(self: SentencePieceTokenizer, ids: tf.RaggedTensor):
     )
     dummy_prefix = tf.logical_and(tf.strings.substr(first_piece, 0, 3) == "▁", self._dummy_prefix)  # "▁": 3 bytes
     length = tf.strings.length(text)
-    start = tf.minimum(1 + tf.cast(dummy_prefix, tf.int32), length)
+    start = tf.minimum(self._sentinel_bytes + tf.cast(dummy_prefix, tf.int32), length)
     return tf.strings.substr(text, start, length - start)
 
 # %% ../../notebooks/01_tokenizer.ipynb #ad989991
