@@ -473,3 +473,13 @@ def test_a_named_pipe_is_refused_not_read(layout, hf_dir, meta_dir, tmp_path):
             llama_tf.Tokenizer(target)
         else:
             llama_tf.load(target if layout == "gguf" else target.parent)
+
+
+def test_a_prompt_that_is_not_utf8_reads_as_replacement_characters(tiny_tokenizer_proto):
+    """A command-line argument that is not UTF-8 reaches Python as lone surrogates: read as U+FFFD (as
+    tiktoken and the tokenizers library read them), not TensorFlow's "Error converting unicode string"."""
+    llm = llama_tf.load()
+    assert llm.generate("ROMEO:\udcff", 4) == llm.generate("ROMEO:\ufffd", 4)
+    for tok in (llm.tokenizer, llama_tf.Tokenizer(tiny_tokenizer_proto)):
+        assert tok.encode("a\udcffb") == tok.encode("a\ufffdb")
+        assert tok.tokenize(["a\udcffb"]).to_list() == tok.tokenize(["a\ufffdb"]).to_list()

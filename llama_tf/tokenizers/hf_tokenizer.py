@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model
+from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model, well_formed
 
 __all__ = ["HFTokenizer"]
 
@@ -52,20 +52,13 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a str, got {type(text).__name__}")
-        try:
-            return self._tok.encode(text, add_special_tokens=False).ids
-        except TypeError:   # lone surrogates cannot cross into Rust; tiktoken (and Meta's) reads them as U+FFFD
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(well_formed(text), add_special_tokens=False).ids   # lone surrogates cannot cross into Rust
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         "`encode` of each text, in parallel (the library's threads)."
         if not all(isinstance(t, str) for t in texts):
             raise TokenizerError("encode_batch takes a list of str")
-        try:
-            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-        except TypeError:   # a lone surrogate somewhere: one by one
-            return [self.encode(t) for t in texts]
+        return [e.ids for e in self._tok.encode_batch(well_formed(list(texts)), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model
+from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model, well_formed
 
 __all__ = ["SentencePieceLibraryTokenizer"]
 
@@ -34,6 +34,7 @@ class SentencePieceLibraryTokenizer(Tokenizer):
         self.unk_id, self.pad_id = self._sp.unk_id(), self._sp.pad_id()
 
     def encode(self, text: str) -> list[int]:
+        text = well_formed(text)
         if self.sample_alpha:
             return self._sp.encode(text, enable_sampling=True, alpha=self.sample_alpha, nbest_size=-1)
         return self._sp.encode(text)

@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from sentencepiece import sentencepiece_model_pb2
 
 from ..quiet import native_logs_dropped
-from .tokenizer import Tokenizer, TokenizerError
+from .tokenizer import Tokenizer, TokenizerError, well_formed
 
 # %% ../../notebooks/01_tokenizer.ipynb #dda1a2c6
 class SentencePieceTokenizer(Tokenizer):
@@ -83,6 +83,7 @@ def _run(self: SentencePieceTokenizer, op):
 @patch
 def tokenize(self: SentencePieceTokenizer, text):
     "str -> int32 ids (1-D); list/1-D tensor of str -> `tf.RaggedTensor` (batch, None)."
+    text = well_formed(text)   # a lone surrogate (a non-UTF-8 argument) as U+FFFD, as tiktoken reads it
     return self._run(lambda: self._sp.tokenize(text))
 
 

@@ -221,6 +221,20 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
 
+def well_formed(text):
+    """`text` (a str, or a list of them) with each lone surrogate (what Python makes of a command-line
+    argument that is not UTF-8) read as U+FFFD, as Meta's reference and tiktoken read it; else as given."""
+    if isinstance(text, (list, tuple)):
+        return [well_formed(t) for t in text]
+    if not isinstance(text, str):
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def read_model(model: str | Path | bytes, default_name: str) -> tuple[bytes, str]:
     "A tokenizer file's bytes and a name for error messages, from its path or from the bytes themselves."
     if isinstance(model, (bytes, bytearray)):
