@@ -51,6 +51,8 @@ def train_tokenizer(text: str, vocab_size: int) -> bytes:
 
     import sentencepiece as spm
 
+    if not text.strip():
+        raise ValueError("the text to train the tokenizer on is empty (or only whitespace)")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -60,7 +62,8 @@ def train_tokenizer(text: str, vocab_size: int) -> bytes:
             allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=2, minloglevel=2,
         )
     except RuntimeError as e:   # e.g. "Vocabulary size too high (100000). Please set it to a value <= 288."
-        raise ValueError(f"sentencepiece cannot train this tokenizer: {str(e).split('] ')[-1]}") from None
+        reason = str(e).split("] ")[-1].strip() or f"{len(text):,} characters may be too few for {vocab_size:,} pieces"
+        raise ValueError(f"sentencepiece cannot train this tokenizer: {reason}") from None
     return model.getvalue()
 
 

@@ -357,6 +357,14 @@ def test_train_command_line_errors_are_one_line(tmp_path, args):
     assert "Traceback" not in result.stderr and "error:" in result.stderr.strip().splitlines()[-1], result.stderr
 
 
+def test_an_empty_text_is_named_before_sentencepiece_tries():
+    "`train prepare` on an empty file once said \"sentencepiece cannot train this tokenizer: \" and no reason."
+    from llama_tf.train import train_tokenizer
+
+    with pytest.raises(ValueError, match="the text to train the tokenizer on is empty"):
+        train_tokenizer("\n \n", 100)
+
+
 def test_a_huge_token_budget_allocates_only_what_is_generated(hf_dir):
     "Before, the key/value cache was allocated for max_new_tokens at once: 10⁹ tokens ran out of memory."
     from llama_tf.generation import Sampler
