@@ -102,3 +102,116 @@ def test_gguf_metadata(tmp_path_factory, metadata):
     writer.add_tensor("output_norm.weight", np.ones(16, "float32"))
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     read_and_check(path)
+
+
+# -- files that hold a tokenizer ----------------------------------------------------------------------------
+# Opening one and using it ends in a tokenizer or in llama_tf's errors (TokenizerError, CheckpointError: both
+# ValueErrors), quickly: the deadline bounds each example.
+TOKENIZER_SETTINGS = settings(max_examples=60, deadline=20_000,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def open_and_use(model):
+    import llama_tf
+
+    try:
+        tok = llama_tf.Tokenizer(model)
+        tok.decode(tok.encode("Hello, wörld 123 <s>"))
+    except ALLOWED:
+        pass
+
+
+gguf_vocabulary_values = st.one_of(
+    st.integers(-5, 300), st.text(max_size=6),
+    st.lists(st.text(max_size=4), max_size=12), st.lists(st.integers(-3, 300), max_size=12),
+    st.lists(st.floats(width=32, allow_nan=False), max_size=12))
+GGUF_VOCABULARY_KEYS = ["model", "pre", "tokens", "token_type", "scores", "merges", "bos_token_id",
+                        "eos_token_id", "unknown_token_id", "padding_token_id"]
+
+
+@TOKENIZER_SETTINGS
+@given(fields=st.dictionaries(st.sampled_from(GGUF_VOCABULARY_KEYS), gguf_vocabulary_values, max_size=6),
+       model=st.sampled_from(["llama", "gpt2"]))
+@example(fields={"merges": ["a b c"]}, model="gpt2")                      # once a ValueError from unpacking
+@example(fields={"tokens": [1, 2, 3]}, model="llama")                     # once a TypeError
+@example(fields={"bos_token_id": 300}, model="llama")                     # once an IndexError
+def test_gguf_vocabulary(tmp_path_factory, fields, model):
+    gguf = require("gguf")
+    path = tmp_path_factory.mktemp("vocab") / "v.gguf"
+    fields = {"model": model, "pre": "llama-bpe", "tokens": ["<unk>", "<s>", "</s>", "a", "b", "ab"],
+              "merges": ["a b"], **fields}
+    writer = gguf.GGUFWriter(path, "llama")
+    for key, value in fields.items():
+        if isinstance(value, list) and not value:
+            continue                                   # GGUF cannot store an empty array's item type
+        add = (writer.add_array if isinstance(value, list) else writer.add_string if isinstance(value, str)
+               else writer.add_int32)
+        add(f"tokenizer.ggml.{key}", value)
+    writer.add_tensor("token_embd.weight", np.zeros((6, 4), "float32"))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    open_and_use(path)
+
+
+@pytest.fixture(scope="module")
+def gguf_bytes(tmp_path_factory, tiny_tokenizer_proto):
+    "A whole GGUF file (a tiny model and its SentencePiece vocabulary) as bytes."
+    from llama_tf.convert import convert
+
+    directory = write_hf(hf_model(num_key_value_heads=2), tmp_path_factory.mktemp("fuzz") / "hf", tiny_tokenizer_proto)
+    return convert(directory, directory.parent / "m.gguf").read_bytes()
+
+
+@TOKENIZER_SETTINGS
+@given(at=st.integers(0, 4095), value=st.sampled_from([0, 1, 255, 2**31, 2**32 - 1, 2**62, 2**64 - 1]),
+       width=st.sampled_from([1, 4, 8]))
+@example(at=0, value=2**62, width=8)
+def test_gguf_header_bytes(tmp_path_factory, gguf_bytes, at, value, width):
+    "A length, count, type or offset in the header overwritten: a checkpoint and tokenizer, or an error."
+    import struct
+
+    data = bytearray(gguf_bytes)
+    start = min(at, len(data) - width)
+    data[start: start + width] = struct.pack({1: "<B", 4: "<I", 8: "<Q"}[width], value % 2 ** (8 * width))
+    path = tmp_path_factory.mktemp("header") / "m.gguf"
+    path.write_bytes(data)
+    read_and_check(path)
+    open_and_use(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(llama3_tokenizer_json):
+    return json.loads(llama3_tokenizer_json.read_text())
+
+
+@TOKENIZER_SETTINGS
+@given(where=st.sampled_from(["model", "pre_tokenizer", "decoder", "added_tokens", "normalizer", "post_processor"]),
+       value=json_values)
+def test_tokenizer_json(tmp_path_factory, tokenizer_json, where, value):
+    path = tmp_path_factory.mktemp("json") / "tokenizer.json"
+    path.write_text(json.dumps({**tokenizer_json, where: value}))
+    open_and_use(path)
+
+
+@TOKENIZER_SETTINGS
+@given(lines=st.lists(st.tuples(st.binary(max_size=6), st.integers(-2, 2**40)), max_size=20),
+       junk=st.text(max_size=20))
+def test_tiktoken_ranks(tmp_path_factory, lines, junk):
+    "A tiktoken `tokenizer.model` (base64 token, rank per line), made up."
+    import base64
+
+    path = tmp_path_factory.mktemp("tiktoken") / "tokenizer.model"
+    path.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in lines) + junk)
+    open_and_use(path)
+
+
+@TOKENIZER_SETTINGS
+@given(at=st.integers(0, 10**6), value=st.integers(0, 255), cut=st.booleans())
+def test_sentencepiece_proto(tiny_tokenizer_proto, at, value, cut):
+    "A SentencePiece model with one byte changed, or cut short there."
+    data = bytearray(tiny_tokenizer_proto)
+    at %= len(data)
+    if cut:
+        del data[at:]
+    else:
+        data[at] = value
+    open_and_use(bytes(data))

@@ -177,6 +177,9 @@ def read_gguf(path: Path) -> Checkpoint:
 
     try:
         dim, n_heads = int(number("embedding_length")), int(number("attention.head_count"))
+        if dim <= 0 or n_heads <= 0:   # checked before dim // n_heads (LlamaConfig checks the rest)
+            raise CheckpointError(f"{path}: llama.embedding_length and llama.attention.head_count must be "
+                                  f"positive, got {dim} and {n_heads}")
         theta = float(number("rope.freq_base", 10000.0))
         scaling = None
         if divisors is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model, well_formed
+from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model, sentencepiece_processor, well_formed
 
 __all__ = ["SentencePieceLibraryTokenizer"]
 
@@ -20,13 +20,8 @@ class SentencePieceLibraryTokenizer(Tokenizer):
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False,
                  sample_alpha: float | None = None):
-        import sentencepiece as spm
-
         proto, name = read_model(model, "tokenizer.model")
-        try:
-            self._sp = spm.SentencePieceProcessor(model_proto=proto)
-        except RuntimeError as e:
-            raise TokenizerError(f"{name}: not a SentencePiece model ({e})") from None
+        self._sp = sentencepiece_processor(proto, name)
         self.model_proto, self.sample_alpha = proto, sample_alpha
         self.add_bos, self.add_eos = add_bos, add_eos
         self.vocab_size = self._sp.vocab_size()

@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from sentencepiece import sentencepiece_model_pb2
 
 from ..quiet import native_logs_dropped
-from .tokenizer import Tokenizer, TokenizerError, well_formed
+from .tokenizer import Tokenizer, TokenizerError, read_model, sentencepiece_processor, well_formed
 
 # %% ../../notebooks/01_tokenizer.ipynb #dda1a2c6
 class SentencePieceTokenizer(Tokenizer):
@@ -34,17 +34,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = True, add_eos: bool = False,
                  sample_alpha: float | None = None):
-        if isinstance(model, (bytes, bytearray)):
-            proto = bytes(model)
-        else:
-            path = Path(model)
-            if not path.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-            proto = path.read_bytes()
-        try:
-            processor = spm.SentencePieceProcessor(model_proto=proto)
-        except RuntimeError as e:
-            raise TokenizerError(f"not a SentencePiece model ({e})") from None
+        proto, name = read_model(model, "tokenizer.model")       # a file's bytes, or the bytes given
+        processor = sentencepiece_processor(proto, name)         # the `sentencepiece` library's view of them
         self.model_proto = proto
         self.add_bos, self.add_eos = add_bos, add_eos
         self.vocab_size = processor.vocab_size()

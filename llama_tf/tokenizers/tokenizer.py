@@ -221,6 +221,19 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
 
+def sentencepiece_processor(proto: bytes, name: str):
+    "A `sentencepiece.SentencePieceProcessor` for `proto`, or a TokenizerError saying what is wrong with it."
+    import sentencepiece as spm
+
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError as e:
+        raise TokenizerError(f"{name}: not a SentencePiece model ({e})") from None
+    if processor.vocab_size() == 0:
+        raise TokenizerError(f"{name}: a SentencePiece model without pieces")
+    return processor
+
+
 def well_formed(text):
     """`text` (a str, or a list of them) with each lone surrogate (what Python makes of a command-line
     argument that is not UTF-8) read as U+FFFD, as Meta's reference and tiktoken read it; else as given."""
