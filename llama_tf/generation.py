@@ -140,7 +140,7 @@ class Decoder:
     (`compiled_step`) runs both the prefill (every prompt, left-padded to the longest) and each
     one-token decode step."""
 
-    def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None, vocab_size: int | None = None):
+    def __init__(self, model: keras.Model, max_seq_len: int, xla: bool | None = None):
         """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
         size and cache length, instead of in the graph step (traced once for every shape, and once for a
         batch of one token, whose products go to llama_tf's compiled ops where they are built: notebook
@@ -149,12 +149,8 @@ class Decoder:
         float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
         default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with Q8_0
         weights (`LLM.quantize`) except in a batch of one with the ops built: otherwise the graph would
-        dequantise every block every step.
-
-        `vocab_size`: the ids the tokenizer has. Where the model's embedding has more rows (padded past
-        the vocabulary), the ids beyond are never picked: the tokenizer could not write them out."""
+        dequantise every block every step."""
         self.model, self.max_seq_len = model, max_seq_len
-        self.vocab_size = vocab_size if vocab_size is not None and vocab_size < model.output_shape[-1] else None
         tensorflow = keras.backend.backend() == "tensorflow"
         q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
         default = xla is None
@@ -164,16 +160,17 @@ class Decoder:
         self.in_place = bool(xla) and tensorflow
         self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
-        self.greedy_steps = compiled_greedy_steps(model) if self.vocab_size is None else None
+        self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
-                 stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
+                 stop_ids: Sequence[int] = (), vocab_size: int | None = None) -> Iterator[np.ndarray]:
         """Checks the prompts (now, not when iteration starts), then returns an iterator that yields
         the next token of every row, step by step, as a (batch,) array; a row that has finished (it
         produced one of `stop_ids`, or its context is full) yields -1 from then on. Ends when every
-        row has finished or after `max_new_tokens` steps."""
+        row has finished or after `max_new_tokens` steps. `vocab_size`: only ids below it are picked (the
+        ids a tokenizer can write out, where the model's embedding is padded past its vocabulary)."""
         if not is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         lengths = np.array([len(p) for p in prompts])
@@ -190,9 +187,10 @@ class Decoder:
             raise ValueError(f"{which} is {lengths.max()} tokens, longer than the model's context of "
                              f"{self.max_seq_len}")
         budget = np.minimum(min(max_new_tokens, self.max_seq_len), self.max_seq_len - lengths)   # per row
-        return self._steps(prompts, lengths, budget, sampler, stop_ids)
+        within = vocab_size is not None and vocab_size < vocab
+        return self._steps(prompts, lengths, budget, sampler, stop_ids, vocab_size if within else None)
 
-    def _steps(self, prompts, lengths, budget, sampler, stop_ids) -> Iterator[np.ndarray]:
+    def _steps(self, prompts, lengths, budget, sampler, stop_ids, vocab_size) -> Iterator[np.ndarray]:
         if budget.max() == 0:
             return
         width = -(-int(lengths.max()) // self.width_multiple) * self.width_multiple
@@ -206,13 +204,13 @@ class Decoder:
         # length from the start would be alive twice during the prefill: the empty ones and the written.)
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
-        if self.vocab_size is not None:
-            sampler = functools.partial(_pick_within, sampler, self.vocab_size)
         logits, cache = self.step(ids, None, np.int32(0), start)
         in_place = self.in_place and not (len(prompts) == 1 and self.one_row_in_graph)
         capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
         # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
-        chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 else 1
+        chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 and not vocab_size else 1
+        if vocab_size:
+            sampler = functools.partial(_pick_within, sampler, vocab_size)
         finished, step = budget == 0, 0
         tokens = sampler(logits)[None]                 # (steps, batch): picked, not yet yielded
         while True:

@@ -108,7 +108,7 @@ class LLM:
     def decoder(self) -> Decoder:
         "The compiled prefill/decode step (built on first use)."
         if self._decoder is None:
-            self._decoder = Decoder(self.model, self.config.max_seq_len, vocab_size=self.tokenizer.vocab_size)
+            self._decoder = Decoder(self.model, self.config.max_seq_len)
         return self._decoder
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 20, temperature: float = 0.0,
@@ -133,7 +133,8 @@ class LLM:
         if stream and not single:
             raise ValueError("stream=True generates one prompt at a time; pass a string")
         rows = [self.tokenizer.prompt_ids(p) for p in prompts]
-        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids)
+        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids,
+                             self.tokenizer.vocab_size)   # text: only ids the tokenizer can write out
         streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
         if stream:
             return self._stream(steps, streams[0])
@@ -159,7 +160,8 @@ class LLM:
         full. `stream=True` returns an iterator over its pieces as they are generated."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         stop_ids = self.tokenizer.stop_ids
-        steps = self.decoder([prompt], max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids)
+        steps = self.decoder([prompt], max_new_tokens, Sampler(temperature, top_k, top_p, seed), stop_ids,
+                             self.tokenizer.vocab_size)
         steps = (np.where(np.isin(ids, stop_ids), -1, ids) for ids in steps)    # the end of turn is not text
         reply = TextStream(self.tokenizer, prompt)
         if stream:

@@ -24,7 +24,8 @@ def ranked_probabilities(logits, temperature: float = 1.0, top_k: int = 0, top_p
     outside the nucleus `top_p` (the tokens whose more likely tokens hold at most `top_p`). Unnormalised
     where `top_p` cut the row: `draw` scales by the sum."""
     logits = np.asarray(logits, "float64")
-    logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # the max first: no overflow
+    with np.errstate(over="ignore"):   # a tiny temperature sends all but the max to -inf: greedy, as it should
+        logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # the max first: 0, never inf
     order = np.argsort(-logits, axis=-1, kind="stable")                # most likely first
     if top_k:
         order = order[:, :top_k]

@@ -4,10 +4,11 @@
 # core at a time: small models, tracing, compiling; two unpinned TensorFlow processes would fight over
 # both cores). Each pass's output is printed when its stream ends; the exit status is 1 if any failed.
 #
-#   stream 1: the tests on TensorFlow; the parity and training tests again on JAX
+#   stream 1: the tests on TensorFlow; the parity and training tests again on PyTorch; one-token steps
+#             through the compiled kernel (JAX)
 #   stream 2: the notebooks under strict nbval (oneDNN on, two threads); again with oneDNN off on one
 #             thread, then without ../shared (a fresh clone: notebooks that need it skip); the parity
-#             and training tests on PyTorch; one-token steps through the compiled kernel (JAX)
+#             and training tests on JAX
 #
 # The notebooks' saved outputs must hold in each configuration: CPU, oneDNN and thread count change the
 # last bits of float32 results (README, "Saved outputs hold on any CPU").
@@ -45,8 +46,10 @@ pass() {
 stream0() {
     local status=0
     pass 0 "the tests (TensorFlow)" -- "${pytest[@]}" -k "not ipynb" || status=1
-    pass 0 "the parity and training tests on KERAS_BACKEND=jax" KERAS_BACKEND=jax -- \
+    pass 0 "the parity and training tests on KERAS_BACKEND=torch" KERAS_BACKEND=torch -- \
         "${pytest[@]}" -q "${parity[@]}" || status=1
+    pass 0 "one-token steps through the compiled kernel (KERAS_BACKEND=jax)" KERAS_BACKEND=jax -- \
+        "${pytest[@]}" -q tests/test_q8_0.py -k kernel_steps || status=1
     return $status
 }
 
@@ -61,10 +64,8 @@ stream1() {
     pass 1 "the notebooks without ../shared, as on a fresh clone (notebooks that need it skip)" CI= \
         LLAMA_TF_SHARED="$scratch/no_shared" XDG_CACHE_HOME="$scratch/no_shared/cache" -- \
         "${pytest[@]}" -k ipynb -q -rs || status=1
-    pass 1 "the parity and training tests on KERAS_BACKEND=torch" KERAS_BACKEND=torch -- \
+    pass 1 "the parity and training tests on KERAS_BACKEND=jax" KERAS_BACKEND=jax -- \
         "${pytest[@]}" -q "${parity[@]}" || status=1
-    pass 1 "one-token steps through the compiled kernel (KERAS_BACKEND=jax)" KERAS_BACKEND=jax -- \
-        "${pytest[@]}" -q tests/test_q8_0.py -k kernel_steps || status=1
     return $status
 }
 

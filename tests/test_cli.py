@@ -84,7 +84,7 @@ def test_a_bad_value_for_any_option_is_one_error_line(name, command, option, val
     ("llama_tf", ["eval", "TEXT", "--context", "16", "--stride", "64"], "stride must be between 1 and context - 1"),
     ("llama_tf", ["convert", "MISSING", "DST"], "checkpoint not found: MISSING"),
     ("llama_tf", ["convert", "SRC", "TEXT"], "TEXT exists and is not a folder"),
-    ("llama_tf", ["convert", "SRC", "TEXT/sub.gguf"], "Not a directory"),
+    ("llama_tf", ["convert", "SRC", "TEXT/sub.gguf"], "TEXT exists and is not a folder"),
     ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "MISSING"], "tokenizer file not found: MISSING"),
     ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "TEXT"], "not a SentencePiece model"),
     ("llama_tf", ["generate", "x" * 3000], "the prompt is 3001 tokens, longer than the model's context of 256"),

@@ -40,7 +40,7 @@ def test_the_generated_module_list_is_what_nbdev_writes():
 
 def test_the_import_floors_name_every_module_once():
     floors = re.search(r"\*\*One direction of imports\*\*(.*?)\n- After editing", section("Development"), re.S)[1]
-    named = set(re.findall(r"`(?:[\w/]*/)?(\w+)(?:\.py)?`", floors))
+    named = set(re.findall(r"`(?:[\w/]*/)?(\w+)(?:\.py|/)?`", floors))
     # formats/ and tokenizers/ name their modules inside the floor that holds them; layers/ and kernels/
     # are named as folders (the generated list above names the layers).
     expected = {path.removesuffix(".py").split("/")[-1] for path in modules()

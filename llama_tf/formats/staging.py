@@ -61,6 +61,8 @@ def staged_file(path: Path, error: type[Exception] = ValueError) -> Iterator[Pat
     "A new file beside `path`, this writer's alone, to write; it replaces `path` when the block succeeds."
     if path.is_dir():
         raise error(f"{path} is a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise error(f"{path.parent} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(path)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-{os.getpid()}-")
