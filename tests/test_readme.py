@@ -106,3 +106,10 @@ def test_cpu_ratio_table_is_the_committed_results():
             cells_checked += 1
     assert cells_checked == len(ROWS) * len(COLUMNS)
 
+
+
+def test_the_default_models_score_is_the_model_cards():
+    "The README rounds the held-out score of weights/README.md (whose slice figure test_default_model.py recomputes)."
+    card = (ROOT / "weights" / "README.md").read_text()
+    held_out = float(re.search(r"\*\*held-out loss\*\* \| \*\*(\d\.\d+) nats/char\*\*", card)[1])
+    assert f"**{held_out:.3f} nats/char**" in README
