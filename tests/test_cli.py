@@ -5,12 +5,15 @@ this file: every option that takes a number or a choice is given values it must 
 argument that names a file or folder is given one that is missing or of the wrong kind."""
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from llama_tf import __main__ as llama_cli
 from llama_tf import train as train_cli
@@ -195,3 +198,21 @@ def test_chat_replies_fit_the_context_by_default(monkeypatch, capsys):
     assert "context full" not in err
     # The shipped model is a base model: said once, before the first prompt.
     assert err.count("note: this model does not say it was tuned for chat") == 1
+
+
+NUMERIC = [case[:3] for case in options() if case[3] is NOT_NUMBERS]
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=st.sampled_from(NUMERIC),
+       value=st.one_of(st.floats(), st.integers(-2**80, 2**80), st.floats(-1e-300, 1e-300)).map(str))
+def test_any_number_is_parsed_or_refused_in_one_line(case, value):
+    "Huge, tiny, negative, NaN and infinite values of every numeric option: a setting, or one error line."
+    name, command, option = case
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            CLIS[name].parser().parse_args([command, *REQUIRED[command], f"{option}={value}"])
+        except SystemExit as exit:
+            assert exit.code == 2
+            assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1, err.getvalue()
