@@ -195,7 +195,9 @@ class LLM:
                      stop_ids: Sequence[int] | None = None) -> list[int] | list[list[int]]:
         """Generation on token ids: up to `max_new_tokens` new ids for one prompt (a list of ids) or a
         batch (a list of lists), ending after a `stop_ids` token (default: `tokenizer.stop_ids`; `()` never stops) or
-        when the context (`config.max_seq_len`) is full. Sampling as in `generate`."""
+        when the context (`config.max_seq_len`) is full. Sampling as in `generate`. Any id of the model's
+        embedding may come out, also those past the tokenizer's vocabulary where the embedding is padded
+        (`generate` and `chat` never pick those: their text could not be written)."""
         single = len(prompt_ids) == 0 or not isinstance(prompt_ids[0], (Sequence, np.ndarray))
         rows = [[int(i) for i in ids] for ids in ([prompt_ids] if single else prompt_ids)]
         stop_ids = list(self.tokenizer.stop_ids if stop_ids is None else stop_ids)

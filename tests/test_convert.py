@@ -161,18 +161,25 @@ def test_the_leftovers_of_a_killed_writer_are_cleared_by_the_next_write(hf_dir, 
     assert llama_tf.load(tmp_path / "out").config.vocab_size == llama_tf.load(hf_dir).config.vocab_size
 
 
-def test_two_writers_of_one_gguf_leave_one_whole_file(hf_dir, tmp_path):
-    "Two processes converting to one .gguf at the same moments: the file is always one writer's whole output."
-    outputs = {dtype: convert(hf_dir, tmp_path / f"{dtype}.gguf", dtype=dtype).read_bytes()
+def contents(path):
+    "A file's bytes, or a folder's files and their bytes."
+    return path.read_bytes() if path.is_file() else {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("target", ["model.gguf", "hf"])
+def test_two_writers_of_one_target_leave_one_whole_output(hf_dir, tmp_path, target):
+    """Two processes converting to one .gguf (or one Hugging Face folder) at the same moments, many times:
+    what is left is always one writer's whole output (a shared `.partial` once mixed both: wrong logits)."""
+    outputs = {dtype: contents(convert(hf_dir, tmp_path / dtype / target, dtype=dtype))
                for dtype in ("float32", "float16")}
-    target = tmp_path / "race" / "model.gguf"
+    destination = tmp_path / "race" / target
     script = ("import sys\nfrom llama_tf.convert import convert\n"
-              f"for _ in range(15):\n    convert({str(hf_dir)!r}, {str(target)!r}, dtype=sys.argv[1])\n")
+              f"for _ in range(15):\n    convert({str(hf_dir)!r}, {str(destination)!r}, dtype=sys.argv[1])\n")
     writers = [subprocess.Popen([sys.executable, "-c", script, dtype], env={**os.environ, "PYTHONPATH": str(ROOT)})
                for dtype in outputs]
     assert [writer.wait(timeout=300) for writer in writers] == [0, 0]
-    assert target.read_bytes() in outputs.values()
-    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]     # no stage left behind
+    assert contents(destination) in outputs.values()
+    assert [p.name for p in destination.parent.iterdir()] == [target]      # no stage left behind
 
 
 def test_saving_over_a_checkpoint_keeps_the_files_it_does_not_write(hf_dir, tmp_path):
