@@ -27,6 +27,7 @@ Modules:
 - `llama_tf.layers.transformer_block`: The pre-norm residual block LLaMA repeats `n_layers` times: `h = x + attention(norm(x))`, `out = h + feed_forward(norm(h))`.
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
+- `llama_tf.lora`: LoRA: low-rank adapters on a built model's projections, trained with ordinary Keras, saved and read in PEFT's own format.
 - `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.q8_0`: llama.cpp's Q8_0 blocks in NumPy: the codec that the GGUF reader and the `Projection` layer share.
 - `llama_tf.quiet`: The native libraries' start-up log lines kept out of sessions, notebooks and command lines.

@@ -104,6 +104,47 @@ class LLM:
         self._decoder = None   # its compiled steps hold the float weights
         return self
 
+    # -- fine-tuning: low-rank adapters (`llama_tf.lora`) -----------------------------------------------
+    def enable_lora(self, rank: int = 8, alpha: float = 16, targets=("wq", "wk", "wv", "wo", "w1", "w2", "w3"),
+                    dropout: float = 0.0, rslora: bool = False) -> LLM:
+        """Low-rank adapters on the `targets` of every block, everything else frozen: `model.trainable_weights`
+        are the adapters', and `model.compile(...)` / `model.fit(...)` train them. Returns self."""
+        from llama_tf.lora import enable_lora
+
+        enable_lora(self.model, rank, alpha, targets, dropout, rslora)
+        self._decoder = None   # its compiled steps were traced without the adapters
+        return self
+
+    def disable_lora(self) -> LLM:
+        "Take the adapters out (the base model as loaded, trainable again). Returns self."
+        from llama_tf.lora import disable_lora
+
+        disable_lora(self.model)
+        self._decoder = None
+        return self
+
+    def merge_adapter(self) -> LLM:
+        "Fold the adapters into the float weights (then save or convert an ordinary checkpoint). Returns self."
+        from llama_tf.lora import merge_lora
+
+        merge_lora(self.model)
+        self._decoder = None
+        return self
+
+    def save_adapter(self, path: str | Path) -> Path:
+        "The adapters in PEFT's format: `peft.PeftModel.from_pretrained(LlamaForCausalLM..., path)` reads them."
+        from llama_tf.lora import save_adapter
+
+        return save_adapter(self.model, self.config, path)
+
+    def load_adapter(self, path: str | Path) -> LLM:
+        "Adapters PEFT saved for this model (a Hugging Face Llama's), in place of any. Returns self."
+        from llama_tf.lora import load_adapter
+
+        load_adapter(self.model, self.config, path)
+        self._decoder = None
+        return self
+
     @property
     def decoder(self) -> Decoder:
         "The compiled prefill/decode step (built on first use)."

@@ -86,6 +86,7 @@ class Projection(keras.layers.Layer):
         if weights_format not in WEIGHT_FORMATS:
             raise ValueError(f"weights_format must be one of {', '.join(WEIGHT_FORMATS)}, got {weights_format!r}")
         self.units, self.weights_format = units, weights_format
+        self.adapter = None   # a layer whose output is added to x · W: LoRA's seam, set by `llama_tf.lora`
 
     def build(self, input_shape):
         self._add_variables(input_shape[-1])
@@ -122,6 +123,13 @@ def _check_q8_0(self: Projection, in_features: int):
 # %% ../../notebooks/12_decoding_speed.ipynb #8c9d536b
 @patch
 def call(self: Projection, x):
+    y = self.product(x)
+    return y if self.adapter is None else y + self.adapter(x)   # a trained low-rank update: `llama_tf.lora`
+
+
+@patch
+def product(self: Projection, x):
+    "x · W, by whichever route the weights' format and the call's shape take."
     if self.weights_format == "float":
         return linear(x, self.kernel)
     if self.weights_format == "float_out_in":
