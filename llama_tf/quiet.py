@@ -90,6 +90,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowFinder)]   # once
         with native_logs_dropped():
             self.loader.exec_module(module)
             if hasattr(module, "config"):
@@ -100,12 +101,12 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    "Finds nothing itself: hands the first import of `tensorflow` to `_QuietLoader`, then steps aside."
+    """Finds nothing itself: hands the import of `tensorflow` to `_QuietLoader`, which removes this finder
+    when it runs (a `find_spec` that only asks whether TensorFlow is installed leaves it in place)."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow":
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
             spec.loader = _QuietLoader(spec.loader)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from llama_tf.quiet import NATIVE_LOGS_ENV
@@ -53,8 +54,10 @@ def test_tensorflow_can_still_be_configured_after_import():
                "tf.config.threading.set_intra_op_parallelism_threads(1)")
 
 
-def test_a_python_session_shows_python_warnings_and_no_native_lines():
-    stderr = run_python(USE)
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_a_python_session_shows_python_warnings_and_no_native_lines(backend):
+    "On JAX and PyTorch, TensorFlow comes later (the SentencePiece ops), after a check that it is installed."
+    stderr = run_python(USE, KERAS_BACKEND=backend)
     assert "UserWarning: a Python warning" in stderr
     assert not NATIVE_LINE.search(stderr), stderr
 
