@@ -103,32 +103,38 @@ def enable_lora(model: keras.Model, rank: int = 8, alpha: float = 16, targets=tu
     return added
 
 
+def _adapted(model: keras.Model) -> dict[tuple[int, str], Projection]:
+    "The projections that hold an adapter, by (block index, target)."
+    found = {}
+    for i, block in enumerate(transformer_blocks(model)):
+        for target in TARGETS:
+            if (layer := _projection(block, target)).adapter is not None:
+                found[i, target] = layer
+    return found
+
+
 def adapters(model: keras.Model) -> dict[tuple[int, str], LoRA]:
     "The adapters in place, by (block index, target)."
-    return {(i, target): _projection(block, target).adapter for i, block in enumerate(transformer_blocks(model))
-            for target in TARGETS if _projection(block, target).adapter is not None}
+    return {key: layer.adapter for key, layer in _adapted(model).items()}
 
 
 def disable_lora(model: keras.Model) -> None:
     "Take every adapter out; the variables `enable_lora` froze are trainable again."
-    for i, block in enumerate(transformer_blocks(model)):
-        for target in TARGETS:
-            layer = _projection(block, target)
-            if layer.adapter is not None:
-                with unlocked(layer):
-                    layer.adapter = None
+    for layer in _adapted(model).values():
+        with unlocked(layer):
+            layer.adapter = None
     for variable in _FROZEN.pop(model, []):
         variable.trainable = True
 
 
 def merge_lora(model: keras.Model) -> None:
     "Fold each adapter's update into its projection's float weights, then take the adapters out."
-    for (i, target), adapter in adapters(model).items():
-        layer = _projection(transformer_blocks(model)[i], target)
-        if layer.weights_format == "q8_0":
-            raise ValueError("merging an adapter into Q8_0 weights would round it away; load the base in "
-                             "float32 or bfloat16 to merge")
-        update = _update(adapter)                                       # (out, in)
+    layers = list(_adapted(model).values())
+    if any(layer.weights_format == "q8_0" for layer in layers):   # refused before any weight changes
+        raise ValueError("merging an adapter into Q8_0 weights would round it away; load the base in "
+                         "float32 or bfloat16 to merge")
+    for layer in layers:
+        update = _update(layer.adapter)                                 # (out, in)
         if layer.weights_format == "float_out_in":
             layer.weight.assign(ops.cast(ops.cast(layer.weight, "float32") + update, layer.weight.dtype))
         else:
