@@ -10,6 +10,7 @@ Modules:
 - `llama_tf.convert`: `convert`: any checkpoint llama_tf reads, written as Hugging Face safetensors or as a GGUF file.
 - `llama_tf.distribution`: One model across several accelerators, through Keras' distribution API (JAX backend).
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
+- `llama_tf.finetune`: Fine-tuning data: a text or a file of chat conversations as fixed-length training rows, with the weight each target token carries in the loss.
 - `llama_tf.formats.base`: The one form every checkpoint format is read into, and the checks on it.
 - `llama_tf.formats.gguf`: GGUF, llama.cpp's format: a `llama`-architecture file read into a `Checkpoint` through the `gguf` package.
 - `llama_tf.formats.gguf_header`: A GGUF header walked once before the `gguf` reader sees it: every length and count checked against the bytes that remain.
@@ -40,7 +41,7 @@ Modules:
 - `llama_tf.tokenizers.sentencepiece_tokenizer`: LLaMA's SentencePiece tokenizer as TensorFlow ops: text to int32 ids and back, eagerly, in `tf.function` and in `tf.data`.
 - `llama_tf.tokenizers.tiktoken_tokenizer`: Llama 3's tokenizer: byte-level BPE over `tiktoken` ranks, with Meta's pre-split regex and 256 special tokens.
 - `llama_tf.tokenizers.tokenizer`: `Tokenizer`: one interface for every kind of LLaMA tokenizer; `Tokenizer(path)` opens the right kind.
-- `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained."""
+- `llama_tf.train`: Train a small LLaMA with Keras, the way the shipped default model was trained; fine-tune one with LoRA."""
 
 # The docstring above is written by nbdev-export. Names below are imported on first use, so that the
 # Keras layers (`llama_tf.model` and below) also load on another Keras backend without TensorFlow.

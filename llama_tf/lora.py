@@ -46,7 +46,9 @@ _FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> th
 
 
 class LoRA(keras.layers.Layer):
-    "x (..., in) -> dropout(x) · Aᵀ · Bᵀ · scale, A (rank, in) and B (units, rank) as PEFT holds them."
+    """x (..., in) -> dropout(x) · Aᵀ · Bᵀ · scale, A (rank, in) and B (units, rank) as PEFT holds them.
+    `enable_lora` makes it float32 whatever the base's dtype, as PEFT's `autocast_adapter_dtype` does: a
+    bfloat16 or Q8_0 base, float32 adapters trained in float32."""
 
     def __init__(self, in_features: int, units: int, rank: int, scale: float, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -94,7 +96,7 @@ def enable_lora(model: keras.Model, rank: int = 8, alpha: float = 16, targets=tu
             layer = _projection(block, target)
             with unlocked(layer):
                 layer.adapter = LoRA(layer.in_features, layer.units, rank, scale, dropout,
-                                     name=f"lora_{target}_{i}", dtype=layer.dtype_policy)
+                                     name=f"lora_{target}_{i}", dtype="float32")
             added.append(layer.adapter)
     mine = {id(v) for adapter in added for v in adapter.weights}
     _FROZEN[model] = [v for v in model.weights if v.trainable and id(v) not in mine]

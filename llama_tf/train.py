@@ -1,8 +1,9 @@
-"""Train a small LLaMA with Keras, the way the shipped default model was trained.
+"""Train a small LLaMA with Keras, the way the shipped default model was trained; fine-tune one with LoRA.
 
     python -m llama_tf.train prepare --text tinyshakespeare --out build/shakespeare
     python -m llama_tf.train fit --data build/shakespeare --out weights/shakespeare [hyper-parameters]
     python -m llama_tf.train plot weights/shakespeare
+    python -m llama_tf.train lora --weights BASE --data FILE --out adapters/mine [hyper-parameters]
 
 `prepare` (TensorFlow) reads a text file, or an asset by name (`tinyshakespeare`: found on this machine or
 downloaded once by `llama_tf.assets`), splits the text (the last 10% is held out and never trained on), trains a
@@ -10,7 +11,10 @@ SentencePiece BPE tokenizer on the training split, and tokenizes each split in a
 `llama_tf.Tokenizer`. `fit` runs on any Keras 3 backend (the shipped model was trained with JAX on a GPU):
 random windows of the training tokens, AdamW with warmup + cosine decay and gradient clipping, the best
 checkpoint by validation loss written as safetensors (Hugging Face layout) with its tokenizer, a log and
-the loss history. `plot` draws that history. Every hyper-parameter is a command-line option.
+the loss history. `plot` draws that history. `lora` fine-tunes a loaded model (any format `llama_tf.load`
+reads, Q8_0 included) with low-rank adapters on a text or on chat conversations (`llama_tf.finetune`),
+and writes the adapter with the best validation loss in PEFT's format. Every hyper-parameter is a
+command-line option.
 """
 
 from __future__ import annotations
@@ -271,6 +275,101 @@ def _devices(keras) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# lora
+
+def lora(args):
+    import keras
+
+    from llama_tf.finetune import chat_rows, read_data, text_rows, weighted_loss
+    from llama_tf.formats.staging import staged_file
+    from llama_tf.llm import load
+
+    if args.warmup_steps >= args.steps:
+        raise ValueError(f"--warmup-steps {args.warmup_steps} leaves no training after it (--steps {args.steps})")
+    data = read_data(text_file(args.data))
+    llm = load(args.weights, dtype=args.dtype, progress=False)
+    if args.seq_len > llm.config.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context ({llm.config.max_seq_len})")
+    rows, cut = (text_rows(llm.tokenizer, data, args.seq_len), 0) if isinstance(data, str) \
+        else chat_rows(llm.tokenizer, data, args.seq_len)
+    n_valid = round(len(rows) * args.valid)
+    if args.valid and not 0 < n_valid < len(rows):
+        raise ValueError(f"{len(rows)} training rows cannot spare a validation split of {args.valid} "
+                         "(--valid 0 trains on all of them)")
+    train, valid = rows.take(slice(0, len(rows) - n_valid)), rows.take(slice(len(rows) - n_valid, None))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "training.log")
+    log("command:", "python -m llama_tf.train", " ".join(sys.argv[1:]))
+    log("keras", keras.__version__, "backend", keras.backend.backend(), "devices", _devices(keras))
+    kind = "text" if isinstance(data, str) else f"{len(data):,} conversations (loss on the assistant's tokens)"
+    log(f"data: {args.data}: {kind}; {len(train):,} training rows ({train.tokens:,} target tokens), "
+        f"{len(valid):,} validation rows ({valid.tokens:,})" + (f"; {cut:,} cut at {args.seq_len} tokens" if cut else ""))
+
+    keras.utils.set_random_seed(args.seed)
+    llm.enable_lora(args.rank, args.alpha, args.targets, args.dropout, args.rslora)
+    trained = sum(int(np.prod(v.shape)) for v in llm.model.trainable_weights)
+    log(f"LoRA rank {args.rank}, alpha {args.alpha} on {', '.join(args.targets)}: {trained:,} trainable parameters "
+        f"({trained / llm.config.num_parameters:.2%} of {llm.config.num_parameters:,})")
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=args.lr, warmup_steps=args.warmup_steps,
+        decay_steps=args.steps - args.warmup_steps, alpha=0.0)
+    llm.model.compile(keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay,
+                                             global_clipnorm=args.clip_norm),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"))
+
+    class Batches(keras.utils.PyDataset):
+        "`batch_size` training rows drawn at random for each step: inputs, targets and the targets' weights."
+
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(args.seed)
+
+        def __len__(self):
+            return args.eval_every
+
+        def __getitem__(self, index):
+            picked = self.rng.choice(len(train), args.batch_size, replace=len(train) < args.batch_size)
+            return tuple(train.take(picked))
+
+    class Validate(keras.callbacks.Callback):
+        "Every --eval-every steps: the validation loss, the history, and the adapter if it is the best so far."
+
+        def __init__(self):
+            super().__init__()
+            self.history, self.start, self.best = [], time.time(), math.inf
+
+        def record(self, step, loss=None):
+            row = {"step": step, "loss": loss, "seconds": round(time.time() - self.start, 1)}
+            if len(valid):
+                row["val_loss"] = weighted_loss(llm.model, valid, args.batch_size)
+            improved = step > 0 and row.get("val_loss", -step) < self.best
+            if improved:
+                self.best = row.get("val_loss", -step)
+                llm.save_adapter(out)                 # a new folder in the old one's place, in one step
+            self.history.append(row)
+            with staged_file(out / "history.json") as stage:
+                stage.write_text(json.dumps(self.history, indent=1) + "\n")
+            log(f"step {step:>6}" + (f"  loss {loss:.4f}" if loss is not None else "")
+                + (f"  val_loss {row['val_loss']:.4f}" if "val_loss" in row else "")
+                + f"  {row['seconds']:>7.1f} s" + ("  saved" if improved else ""))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.record((epoch + 1) * args.eval_every, float(logs["loss"]))
+
+    validate = Validate()
+    validate.record(0)                                # the base model's validation loss, before any step
+    epochs = math.ceil(args.steps / args.eval_every)
+    llm.model.fit(Batches(), epochs=epochs, callbacks=[validate], verbose=args.verbose)
+    seconds = time.time() - validate.start
+    log(f"training took {seconds:.0f} s ({epochs * args.eval_every * args.batch_size * args.seq_len / seconds:,.0f} "
+        f"tokens/s); the adapter with the best validation loss is in {out}")
+    log(f"PEFT reads it: PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(BASE), {str(out)!r}); "
+        "llama_tf: llm.load_adapter(...)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # plot
 
 def plot(args):
@@ -342,6 +441,35 @@ def parser() -> ArgumentParser:
     f.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1 if sys.stdout.isatty() else 2,
                    help="Keras fit verbosity: 1 = progress bar (default in a terminal), 2 = a line per evaluation")
     f.set_defaults(run=fit)
+
+    a = sub.add_parser("lora", help="fine-tune a model with LoRA adapters, saved in PEFT's format (any Keras backend)")
+    a.add_argument("--weights", help="the base checkpoint, any format `llama_tf.load` reads (default: the shipped model)")
+    a.add_argument("--data", required=True,
+                   help="a UTF-8 text file, a chat JSONL file ({\"messages\": [...]} a line; the loss counts the "
+                        "assistant's tokens only), or 'tinyshakespeare'")
+    a.add_argument("--out", required=True, help="folder for the adapter (PEFT's format), training.log, history.json")
+    a.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "q8_0"], default="float32",
+                   help="the frozen base's weights (q8_0: QLoRA's idea with 8-bit blocks); the adapters are float32")
+    a.add_argument("--rank", type=number(int, 1), default=8)
+    a.add_argument("--alpha", type=number(float, above=0), default=16.0)
+    a.add_argument("--targets", nargs="+", choices=["wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+                   default=["wq", "wk", "wv", "wo", "w1", "w2", "w3"], help="the projections that get adapters")
+    a.add_argument("--dropout", type=number(float, 0, below=1), default=0.0, help="dropout on the adapters' input")
+    a.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(rank) instead of alpha / rank")
+    a.add_argument("--seq-len", type=number(int, 1), default=256, help="tokens in a training row")
+    a.add_argument("--batch-size", type=number(int, 1), default=8)
+    a.add_argument("--steps", type=number(int, 1), default=200)
+    a.add_argument("--eval-every", type=number(int, 1), default=20)
+    a.add_argument("--valid", type=number(float, 0, below=1), default=0.1,
+                   help="fraction of the rows (the last ones) held out for validation")
+    a.add_argument("--lr", type=number(float, above=0), default=2e-4)
+    a.add_argument("--warmup-steps", type=number(int, 0), default=10)
+    a.add_argument("--weight-decay", type=number(float, 0), default=0.0)
+    a.add_argument("--clip-norm", type=number(float, above=0), default=1.0)
+    a.add_argument("--seed", type=number(int, 0), default=0)
+    a.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1 if sys.stdout.isatty() else 0,
+                   help="Keras fit verbosity: 1 = progress bar (default in a terminal)")
+    a.set_defaults(run=lora)
 
     g = sub.add_parser("plot", help="draw loss.png from history.json")
     g.add_argument("folder")

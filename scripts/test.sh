@@ -21,7 +21,7 @@ fi
 
 pytest=(.venv/bin/python -m pytest)
 parity=(tests/test_layers.py tests/test_parity.py tests/test_generation.py tests/test_fused_attention.py
-        tests/test_train.py tests/test_lora.py)
+        tests/test_train.py tests/test_lora.py tests/test_finetune.py)
 pin=0
 if command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then pin=1; fi
 scratch=$(mktemp -d)

@@ -124,7 +124,9 @@ def _check_q8_0(self: Projection, in_features: int):
 @patch
 def call(self: Projection, x):
     y = self.product(x)
-    return y if self.adapter is None else y + self.adapter(x)   # a trained low-rank update: `llama_tf.lora`
+    if self.adapter is None:
+        return y
+    return y + ops.cast(self.adapter(x), y.dtype)   # a trained low-rank update (`llama_tf.lora`), in its own dtype
 
 
 @patch
