@@ -108,7 +108,9 @@ class LLM:
     def enable_lora(self, rank: int = 8, alpha: float = 16, targets=("wq", "wk", "wv", "wo", "w1", "w2", "w3"),
                     dropout: float = 0.0, rslora: bool = False) -> LLM:
         """Low-rank adapters on the `targets` of every block, everything else frozen: `model.trainable_weights`
-        are the adapters', and `model.compile(...)` / `model.fit(...)` train them. Returns self."""
+        are the adapters' (float32 whatever the base's dtype), and `model.compile(...)` / `model.fit(...)`
+        train them. On TensorFlow without a GPU, compile with `jit_compile=True` (`llama_tf.lora.XLA_STEP`):
+        Keras leaves XLA off there by default, and a step takes about 2.8 times as long. Returns self."""
         from llama_tf.lora import enable_lora
 
         enable_lora(self.model, rank, alpha, targets, dropout, rslora)

@@ -34,7 +34,7 @@ from llama_tf.keras_internals import unlocked
 from llama_tf.layers.projection import Projection
 from llama_tf.model import transformer_blocks
 
-__all__ = ["LoRA", "TARGETS", "enable_lora", "disable_lora", "merge_lora", "adapters", "save_adapter", "load_adapter"]
+__all__ = ["LoRA", "TARGETS", "XLA_STEP", "enable_lora", "disable_lora", "merge_lora", "adapters", "save_adapter", "load_adapter"]
 
 # Meta's projection names -> the block's sublayer path and Hugging Face's module name (PEFT's `target_modules`).
 TARGETS = {"wq": ("attention", "q_proj", "self_attn"), "wk": ("attention", "k_proj", "self_attn"),
@@ -42,6 +42,10 @@ TARGETS = {"wq": ("attention", "q_proj", "self_attn"), "wk": ("attention", "k_pr
            "w1": ("feed_forward", "gate_proj", "mlp"), "w2": ("feed_forward", "down_proj", "mlp"),
            "w3": ("feed_forward", "up_proj", "mlp")}
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+# `model.compile(..., jit_compile=XLA_STEP)`: Keras' default ("auto") leaves XLA off for TensorFlow on a
+# machine without a GPU, where a LoRA step of the Llama 3.2 1B shape then takes 2.8 times as long
+# (benchmarks/finetune.py); JAX compiles with XLA anyway, and PyTorch runs eagerly.
+XLA_STEP = True if keras.backend.backend() == "tensorflow" else "auto"
 _FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> the variables enable_lora froze
 
 

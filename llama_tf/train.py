@@ -280,6 +280,8 @@ def _devices(keras) -> str:
 def lora(args):
     import keras
 
+    from llama_tf.lora import XLA_STEP
+
     from llama_tf.finetune import chat_rows, read_data, text_rows, weighted_loss
     from llama_tf.formats.staging import staged_file
     from llama_tf.llm import load
@@ -317,7 +319,8 @@ def lora(args):
         decay_steps=args.steps - args.warmup_steps, alpha=0.0)
     llm.model.compile(keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay,
                                              global_clipnorm=args.clip_norm),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"))
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+                      jit_compile=XLA_STEP)
 
     class Batches(keras.utils.PyDataset):
         "`batch_size` training rows drawn at random for each step: inputs, targets and the targets' weights."

@@ -107,6 +107,22 @@ def test_cpu_ratio_table_is_the_committed_results():
     assert cells_checked == len(ROWS) * len(COLUMNS)
 
 
+def test_fine_tuning_figures_are_the_committed_results():
+    gpu = json.loads((RESULTS / "gpu" / "finetune.json").read_text())["rows"]
+    cpu = {r["peer"]: r for r in json.loads((RESULTS / "finetune_cpu.json").read_text())["rows"]}
+    cell = lambda r: f"{r['tokens_per_s']:,.0f} tok/s, {r['peak_bytes'] / 1e9:.1f} GB"   # noqa: E731
+    row = lambda shape, peer: next(r for r in gpu if r["shape"] == shape and r["peer"] == peer)   # noqa: E731
+    claims = [f"**{cell(row('llama3.2-1b', 'llama_tf'))}** | {cell(row('llama3.2-1b', 'peft'))} | "
+              f"{cell(row('llama3.2-1b', 'peft_compiled'))} |",
+              f"**{cell(row('llama3.1-8b', 'llama_tf'))}** | {cell(row('llama3.1-8b', 'peft'))} |",
+              f"| {cell(row('llama3.1-8b', 'llama_tf_q8_0'))} |",
+              f"**{cpu['llama_tf']['tokens_per_s']:.1f} tok/s** (JAX: {cpu['llama_tf_jax']['tokens_per_s']:.1f}) | "
+              f"{cpu['peft']['tokens_per_s']:.1f} tok/s |",
+              f"{cpu['llama_tf_no_xla']['step_seconds'] / cpu['llama_tf']['step_seconds']:.1f} times as long per step "
+              f"({cpu['llama_tf_no_xla']['tokens_per_s']:.1f} tok/s)"]
+    for claim in claims:
+        assert " ".join(claim.split()) in " ".join(README.split()), claim
+
 
 def test_the_default_models_score_is_the_model_cards():
     "The README rounds the held-out score of weights/README.md (whose slice figure test_default_model.py recomputes)."
