@@ -408,6 +408,25 @@ TASKS = {**WORKERS, "quantize": quantize, "make_hf_weights": make_hf_weights, "m
          "make_gguf": make_gguf}
 
 
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark script here shares: where the weights go, the raw JSON, and the two
+    hidden ones by which `run_task` starts a worker process."""
+    p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
+    p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--task", help=argparse.SUPPRESS)
+    p.add_argument("--task-args", help=argparse.SUPPRESS)
+
+
+def run_worker(args, tasks: dict, path_keys=("model_dir",), with_peak_rss: bool = False) -> bool:
+    "In a worker process (`--task`): run the task, print its result as one JSON line, return True."
+    if not args.task:
+        return False
+    kwargs = {k: Path(v) if k in path_keys else v for k, v in json.loads(args.task_args).items()}
+    result = tasks[args.task](**kwargs)
+    print(json.dumps({**result, "peak_rss": _peak_rss()} if with_peak_rss else result))
+    return True
+
+
 def run_task(task: str, timeout: float | None = None, script: str = __file__, **kwargs) -> dict:
     """Runs `task` of `script` (this one, or gpu_decode.py) in a fresh Python process, with the task's
     environment (`TASK_ENV`); its result, or {'error': ...}."""
@@ -528,17 +547,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the peers this many times in turn (interleaved) and keep each one's best figures")
     p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared/tokenizers/llama/tokenizer.model")
-    p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
     p.add_argument("--xla-timeout", type=float, default=900, help="seconds allowed to keras-hub's XLA run")
-    p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--task", help=argparse.SUPPRESS)
-    p.add_argument("--task-args", help=argparse.SUPPRESS)
+    add_common_options(p)
     args = p.parse_args(argv)
-    if args.task:
-        kwargs = json.loads(args.task_args)
-        kwargs = {k: Path(v) if k in ("model_dir", "tokenizer") else v for k, v in kwargs.items()}
-        result = TASKS[args.task](**kwargs)
-        print(json.dumps({**result, "peak_rss": _peak_rss()}))
+    if run_worker(args, TASKS, path_keys=("model_dir", "tokenizer"), with_peak_rss=True):
         return 0
 
     if not args.tokenizer.is_file():

@@ -167,16 +167,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", help="comma-separated subset of the device's shapes")
     p.add_argument("--peers", help=f"comma-separated, in place of the run's own: any of {', '.join(t for t in TASKS if t != 'make_weights')}")
     p.add_argument("--backend", default=None, help="llama_tf's Keras backend (default: jax on a GPU, tensorflow on a CPU)")
-    p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=540, help="seconds allowed to each peer")
-    p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--task", help=argparse.SUPPRESS)
-    p.add_argument("--task-args", help=argparse.SUPPRESS)
+    decode.add_common_options(p)
     args = p.parse_args(argv)
-    if args.task:
-        kwargs = json.loads(args.task_args)
-        kwargs = {k: Path(v) if k == "model_dir" else v for k, v in kwargs.items()}
-        print(json.dumps(TASKS[args.task](**kwargs)))
+    if decode.run_worker(args, TASKS):
         return 0
     if not args.device:
         p.error("--device is required")

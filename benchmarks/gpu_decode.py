@@ -209,16 +209,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=",".join(GPU_SHAPES))
     p.add_argument("--peers", default=",".join(PEERS))
     p.add_argument("--new-tokens", type=int, default=33)
-    p.add_argument("--workdir", type=Path, help="where the weights are written (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=540, help="seconds allowed to each peer")
-    p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--task", help=argparse.SUPPRESS)
-    p.add_argument("--task-args", help=argparse.SUPPRESS)
+    decode.add_common_options(p)
     args = p.parse_args(argv)
-    if args.task:
-        kwargs = json.loads(args.task_args)
-        kwargs = {k: Path(v) if k == "model_dir" else v for k, v in kwargs.items()}
-        print(json.dumps(TASKS[args.task](**kwargs)))
+    if decode.run_worker(args, TASKS):
         return 0
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llama_tf_gpu_"))
