@@ -19,6 +19,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 
 __all__ = ["NATIVE_LOGS_ENV", "native_logs_dropped", "quiet_tensorflow_start", "silence_native_logs"]
 
@@ -52,24 +53,41 @@ def _writes_to_descriptor_2(stream) -> bool:
         return False
 
 
+# Descriptor 2 is one per process: threads inside `native_logs_dropped` share one drop, which the last to
+# leave undoes (else a second thread would save /dev/null as "the terminal" and restore it).
+_DROP_LOCK = threading.Lock()
+_drop_depth = 0
+_dropped: tuple | None = None   # (the terminal's descriptor, Python's stderr before the drop)
+
+
 @contextlib.contextmanager
 def native_logs_dropped():
-    "Within: native writes to descriptor 2 are dropped; Python's `sys.stderr` still shows."
+    "Within: native writes to descriptor 2 are dropped; Python's `sys.stderr` still shows. Thread-safe."
+    global _drop_depth, _dropped
     if native_logs_wanted():
         yield
         return
-    python_stderr = sys.stderr
-    terminal = _drop_descriptor_2()
-    if _writes_to_descriptor_2(python_stderr):
-        sys.stderr = _on_descriptor(python_stderr, os.dup(terminal))
+    with _DROP_LOCK:
+        if _drop_depth == 0:
+            python_stderr = sys.stderr
+            terminal = _drop_descriptor_2()
+            if _writes_to_descriptor_2(python_stderr):
+                sys.stderr = _on_descriptor(python_stderr, os.dup(terminal))
+            _dropped = (terminal, python_stderr)
+        _drop_depth += 1
     try:
         yield
     finally:
-        if sys.stderr is not python_stderr:
-            sys.stderr.close()
-            sys.stderr = python_stderr
-        os.dup2(terminal, 2)
-        os.close(terminal)
+        with _DROP_LOCK:
+            _drop_depth -= 1
+            if _drop_depth == 0:
+                terminal, python_stderr = _dropped
+                if sys.stderr is not python_stderr:
+                    sys.stderr.close()
+                    sys.stderr = python_stderr
+                os.dup2(terminal, 2)
+                os.close(terminal)
+                _dropped = None
 
 
 def silence_native_logs() -> None:

@@ -44,6 +44,47 @@ def test_native_lines_are_dropped_inside_the_window_only():
     assert run_python(MECHANISM) == "python inside\nnative after\n"
 
 
+THREADS = """
+import os, threading
+from llama_tf.quiet import native_logs_dropped
+a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+def a():                      # enters first, leaves first
+    with native_logs_dropped():
+        a_in.set()
+        b_in.wait()
+    a_out.set()
+
+def b():                      # enters while a is inside, leaves after it
+    a_in.wait()
+    with native_logs_dropped():
+        b_in.set()
+        a_out.wait()
+        os.write(2, b"native inside\\n")
+threads = [threading.Thread(target=f) for f in (a, b)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+os.write(2, b"native after\\n")
+"""
+
+RESEEDED = """
+import llama_tf
+import keras
+tokenizer = llama_tf.load().tokenizer
+first = tokenizer.encode("ROMEO: hi")
+keras.utils.set_random_seed(0)       # clears TensorFlow's kernels, the SentencePiece model's owner among them
+assert tokenizer.encode("ROMEO: hi") == first
+"""
+
+
+def test_threads_that_overlap_leave_descriptor_2_as_it_was():
+    assert run_python(THREADS) == "native after\n"
+
+
+def test_a_tokenizer_rebuilt_after_reseeding_logs_nothing():
+    assert not NATIVE_LINE.search(run_python(RESEEDED))
+
+
 def test_LLAMA_TF_NATIVE_LOGS_keeps_every_native_line():
     assert run_python(MECHANISM, **{NATIVE_LOGS_ENV: "1"}) == "native inside\npython inside\nnative after\n"
 

@@ -61,9 +61,12 @@ def _build_ops(self: SentencePieceTokenizer):
 
 @patch
 def _run(self: SentencePieceTokenizer, op):
-    "`op()`; if TensorFlow dropped the model since the op was built (eagerly), built again and run again."
+    """`op()`; if TensorFlow dropped the model since the op was built (eagerly: `tf.random.set_seed`, which
+    `keras.utils.set_random_seed` calls, clears the kernels that own it), built again and run again. The
+    failed attempt's C++ log lines are dropped: the rebuild is the answer to them."""
     try:
-        return op()
+        with native_logs_dropped():
+            return op()
     except tf.errors.NotFoundError:
         if not tf.executing_eagerly():
             raise
