@@ -55,7 +55,7 @@ def gpu_row(file: str, peer: str) -> dict:
 
 
 def gpu_claims():
-    run = "run8_llama32_same_run.json"
+    run = "run9_llama32_h200_same_run.json"
     ours, hub = gpu_row(run, "llama_tf"), gpu_row(run, "keras_hub")
     compiled, hf = gpu_row(run, "transformers_compiled"), gpu_row(run, "transformers")
     copy_rate = json.loads((RESULTS / "gpu" / run).read_text())["copy_rate"]
