@@ -10,6 +10,7 @@ Modules:
 - `llama_tf.convert`: `convert`: any checkpoint llama_tf reads, written as Hugging Face safetensors or as a GGUF file.
 - `llama_tf.distribution`: One model across several accelerators, through Keras' distribution API (JAX backend).
 - `llama_tf.evaluation`: How well a model predicts a text: negative log-likelihood per character, and perplexity.
+- `llama_tf.export`: Shipping a model: a TensorFlow SavedModel that takes strings and returns text, with the tokenizer and the decode loop inside the graph.
 - `llama_tf.finetune`: Fine-tuning data: a text or a file of chat conversations as fixed-length training rows, with the weight each target token carries in the loss.
 - `llama_tf.formats.base`: The one form every checkpoint format is read into, and the checks on it.
 - `llama_tf.formats.gguf`: GGUF, llama.cpp's format: a `llama`-architecture file read into a `Checkpoint` through the `gguf` package.

@@ -147,6 +147,15 @@ class LLM:
         self._decoder = None
         return self
 
+    def export(self, path: str | Path, format: str = "saved_model") -> Path:
+        """The model with its tokenizer as a TensorFlow SavedModel (`format="saved_model"`): strings in, the
+        greedy continuations out, loadable without Keras or llama_tf (`llama_tf.export`). Returns the path."""
+        if format != "saved_model":
+            raise ValueError(f"format must be 'saved_model' (LiteRT is not built yet), not {format!r}")
+        from llama_tf.export import saved_model
+
+        return saved_model(self, path)
+
     @property
     def decoder(self) -> Decoder:
         "The compiled prefill/decode step (built on first use)."

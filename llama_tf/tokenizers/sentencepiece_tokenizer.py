@@ -60,6 +60,12 @@ def _build_ops(self: SentencePieceTokenizer):
 
 
 @patch
+def trackables(self: SentencePieceTokenizer) -> list:
+    "The TensorFlow objects its ops hold (the SentencePiece model): what a SavedModel that tokenizes must track."
+    return [self._sp]
+
+
+@patch
 def _run(self: SentencePieceTokenizer, op):
     """`op()`; if TensorFlow dropped the model since the op was built (eagerly: `tf.random.set_seed`, which
     `keras.utils.set_random_seed` calls, clears the kernels that own it), built again and run again. The

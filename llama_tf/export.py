@@ -1,0 +1,86 @@
+"""Shipping a model: a TensorFlow SavedModel that takes strings and returns text, with the tokenizer and the
+decode loop inside the graph.
+
+`saved_model(llm, path)` writes a SavedModel whose `serving_default` signature takes `prompt` (a batch of
+strings, `tf.string [None]`) and `max_new_tokens` (`tf.int32` scalar) and returns `{"text": tf.string
+[None]}`: the greedy continuation of each prompt, what `llm.generate(prompts, max_new_tokens)` returns.
+Everything runs in the graph: SentencePiece tokenizing (`tensorflow_text`), left padding, the prefill,
+a `tf.while_loop` of one-token steps on a cache with room for the new tokens, stop tokens, detokenizing.
+The folder loads with `tensorflow` and `tensorflow_text` alone (no Keras, no llama_tf), in Python,
+TensorFlow Serving (`path` ending in a version number, `NAME/1`) or TensorFlow's C++ and Java APIs.
+Needs the TensorFlow backend and a SentencePiece tokenizer (Llama 3's byte-level BPE is not yet in graph
+ops). Written atomically as a whole (`staged_folder`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from llama_tf.formats.staging import staged_folder
+from llama_tf.model import call_with_cache, new_cache
+
+__all__ = ["saved_model", "generate_in_graph"]
+
+
+def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, max_new_tokens):
+    "Greedy continuations of a batch of strings, as TensorFlow ops (see the module's docstring)."
+    import tensorflow as tf
+
+    ids = tf.cast(tokenizer.tokenize(prompt), tf.int32)                 # ragged (batch, None), BOS first
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    width, batch = tf.reduce_max(lengths), tf.shape(lengths)[0]
+    start = width - lengths                                             # each row's left padding
+    columns = tf.range(width)[None, :] - start[:, None]
+    padded = tf.where(columns >= 0, tf.gather(ids.to_tensor(0), tf.maximum(columns, 0), batch_dims=1), 0)
+    budget = tf.maximum(tf.minimum(max_new_tokens, max_seq_len - width), 0)
+
+    logits, cache = call_with_cache(model, padded, new_cache(model, batch, 0), tf.constant(0), start)
+    room = [(0, 0), (0, 0), (0, budget), (0, 0)]                        # the new tokens' slots
+    cache = [(tf.pad(keys, room), tf.pad(values, room)) for keys, values in cache]
+    stop_ids = tf.constant(list(tokenizer.stop_ids), tf.int32)
+
+    def step(i, logits, cache, finished, tokens):
+        picked = tf.argmax(logits[:, : tokenizer.vocab_size], axis=-1, output_type=tf.int32)
+        picked = tf.where(finished, -1, picked)                         # -1: the row had finished
+        finished |= tf.reduce_any(picked[:, None] == stop_ids[None, :], axis=1)
+        logits, cache = call_with_cache(model, tf.maximum(picked, 0)[:, None], cache, width + i, start)
+        return i + 1, logits, cache, finished, tokens.write(i, picked)
+
+    def going(i, logits, cache, finished, tokens):
+        return (i < budget) & ~tf.reduce_all(finished)
+
+    state = (0, logits, cache, tf.zeros([batch], tf.bool), tf.TensorArray(tf.int32, size=budget))
+    tokens = tf.while_loop(going, step, state)[-1]
+    new = tf.RaggedTensor.from_tensor(tf.transpose(tokens.stack()), padding=-1)   # (batch, new tokens)
+    # Decoded behind the prompt, as `TextStream` does: SentencePiece drops a text's leading space.
+    prefix, whole = tokenizer.detokenize(ids), tokenizer.detokenize(tf.concat([ids, new], axis=1))
+    skip = tf.strings.length(prefix)
+    return tf.strings.substr(whole, skip, tf.strings.length(whole) - skip)
+
+
+def saved_model(llm, path: str | Path) -> Path:
+    "`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path."
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"a SavedModel is written from the TensorFlow backend (KERAS_BACKEND=tensorflow), "
+                         f"not {keras.backend.backend()}")
+    if not hasattr(llm.tokenizer, "trackables"):
+        raise ValueError(f"a SavedModel holds its tokenizer as TensorFlow ops: SentencePiece models can, "
+                         f"{type(llm.tokenizer).__name__} cannot yet")
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.variables_ = list(llm.model.variables)        # tracked: saved with the graph
+    module.tokenizer_ = llm.tokenizer.trackables()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
+                                  tf.TensorSpec([], tf.int32, name="max_new_tokens")])
+    def serve(prompt, max_new_tokens):
+        return {"text": generate_in_graph(llm.model, llm.tokenizer, llm.config.max_seq_len, prompt, max_new_tokens)}
+
+    module.serve = serve
+    path = Path(path)
+    with staged_folder(path) as stage:
+        tf.saved_model.save(module, str(stage), signatures={"serving_default": serve.get_concrete_function()})
+    return path
