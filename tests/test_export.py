@@ -53,3 +53,26 @@ def test_export_names_what_it_cannot_write(exported, tmp_path):
     llm, _ = exported
     with pytest.raises(ValueError, match="format must be 'saved_model'"):
         llm.export(tmp_path / "x", format="onnx")
+
+
+def test_a_row_that_reaches_its_stop_token_ends_there_and_the_others_go_on(tmp_path, tiny_tokenizer_proto):
+    """A random model whose output rows for one token t and for EOS are swapped: its greedy path is the
+    same until the step that picked t, which now picks EOS and ends that row."""
+    torch = pytest.importorskip("torch")
+    from reference import hf_model, write_hf
+
+    prompts, steps = ["Beautiful is better", "Flat is"], 12
+    model = hf_model(tie_word_embeddings=False)
+    plain = llama_tf.load(write_hf(model, tmp_path / "plain", tiny_tokenizer_proto))
+    paths = plain.generate_ids([plain.tokenizer.prompt_ids(p) for p in prompts], steps, stop_ids=())
+    eos = plain.tokenizer.eos_id
+    t = next(t for t in paths[0][2:] if t not in paths[1] and t != eos)   # in the first path only, not at once
+    with torch.no_grad():
+        rows = model.lm_head.weight
+        rows[[t, eos]] = rows[[eos, t]].clone()
+    llm = llama_tf.load(write_hf(model, tmp_path / "swapped", tiny_tokenizer_proto))
+    expected = llm.generate(prompts, steps)
+    first = llm.generate_ids([llm.tokenizer.prompt_ids(p) for p in prompts], steps)
+    assert first[0][-1] == eos and len(first[0]) < steps and len(first[1]) == steps   # one stops, one goes on
+    answer = serve(llm.export(tmp_path / "served" / "1"), prompts, [steps])
+    assert answer["text"][str(steps)] == expected
