@@ -1,6 +1,6 @@
 """Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf chat`
 (a conversation in the terminal), `python -m llama_tf eval FILE`, `python -m llama_tf convert SRC DST`
-(to Hugging Face safetensors or GGUF).
+(to Hugging Face safetensors or GGUF), `python -m llama_tf export SRC DST` (a TensorFlow SavedModel).
 
 `generate` and `chat` sample (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by
 default, so the same command prints the same text; `--temperature 0` is greedy. `chat` keeps the
@@ -55,6 +55,11 @@ def parser() -> ArgumentParser:
                    help="precision of the matrices (default float32; q8_0: GGUF only)")
     v.add_argument("--tokenizer", help="tokenizer file (default: the one beside SOURCE, or inside a GGUF)")
 
+    x = sub.add_parser("export", help="write a model as a TensorFlow SavedModel that answers strings with text")
+    x.add_argument("source", help="any checkpoint llama_tf reads, with a SentencePiece tokenizer")
+    x.add_argument("destination", help="the SavedModel folder (TensorFlow Serving reads NAME/1)")
+    x.add_argument("--format", choices=["saved_model"], default="saved_model")
+
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
     e.add_argument("--weights", help="checkpoint folder or file (default: the shipped model)")
@@ -76,6 +81,9 @@ def command(args) -> int | None:
         from llama_tf.convert import convert
 
         print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
+        return 0
+    if args.command == "export":
+        print(llama_tf.load(args.source).export(args.destination, args.format))
         return 0
     llm = llama_tf.load(args.weights)
     if args.command == "generate":

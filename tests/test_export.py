@@ -49,10 +49,14 @@ def test_a_fresh_tensorflow_process_gives_generates_text(exported):
     assert (path / "saved_model.pb").is_file() and path.name == "1"   # TensorFlow Serving's NAME/1 layout
 
 
-def test_export_names_what_it_cannot_write(exported, tmp_path):
+def test_export_names_what_it_cannot_write(exported, tmp_path, capsys):
+    from llama_tf.__main__ import main
+
     llm, _ = exported
     with pytest.raises(ValueError, match="format must be 'saved_model'"):
         llm.export(tmp_path / "x", format="onnx")
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
 
 
 def test_a_row_that_reaches_its_stop_token_ends_there_and_the_others_go_on(tmp_path, tiny_tokenizer_proto):
