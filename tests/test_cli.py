@@ -22,7 +22,8 @@ from conftest import ROOT
 CLIS = {"llama_tf": llama_cli, "llama_tf.train": train_cli}
 # Arguments each subcommand needs, so that parsing reaches the option under test (paths are made below).
 REQUIRED = {"generate": ["ROMEO:"], "chat": [], "convert": ["SRC", "DST"], "eval": ["TEXT"],
-            "prepare": ["--text", "TEXT", "--out", "OUT"], "fit": ["--data", "DATA", "--out", "OUT"], "plot": ["OUT"]}
+            "prepare": ["--text", "TEXT", "--out", "OUT"], "fit": ["--data", "DATA", "--out", "OUT"], "plot": ["OUT"],
+            "lora": ["--data", "TEXT", "--out", "OUT"], "export": ["SRC", "DST"]}
 NOT_NUMBERS = ["x", "", "nan", "inf", "-inf", "1e999", "-1", "0x10", "1,5"]
 
 
