@@ -67,7 +67,8 @@ def task_prefill(seq: int, impl: str) -> dict:
     import numpy as np
 
     from llama_tf.config import LlamaConfig
-    from llama_tf.generation import Decoder, Sampler
+    from llama_tf.generation import Decoder
+    from llama_tf.sampling import Sampler
     from llama_tf.model import build_llama
 
     config = LlamaConfig(dim=DIM, n_layers=12, n_heads=HEADS, vocab_size=32000, hidden_dim=2048,

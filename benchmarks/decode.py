@@ -105,7 +105,8 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     the graph's, whose one-token products are llama_tf's ops (`llama_tf_graph`: always the graph's;
     `llama_tf_plain`: the ops off, TensorFlow's products, as before issue 13)."""
     import llama_tf
-    from llama_tf.generation import Decoder, Sampler
+    from llama_tf.generation import Decoder
+    from llama_tf.sampling import Sampler
 
     baseline, begin = _peak_rss(), time.perf_counter()
     if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside; Q8_0 kept as it is, others dequantised

@@ -75,7 +75,8 @@ def worker_llama_tf(model_dir: Path, new_tokens: int, attention_impl: str = "fus
     "llama_tf on JAX, prompts through cuDNN's fused attention (`llama_tf_reference`: the reference path)."
     os.environ["KERAS_BACKEND"] = "jax"
     from llama_tf.formats import read_checkpoint
-    from llama_tf.generation import Decoder, Sampler
+    from llama_tf.generation import Decoder
+    from llama_tf.sampling import Sampler
     from llama_tf.loading import build_model
 
     checkpoint = read_checkpoint(model_dir)

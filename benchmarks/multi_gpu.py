@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 import llama_tf  # noqa: E402
 from decode import SHAPES  # noqa: E402
 from gpu_decode import measure  # noqa: E402
-from llama_tf.generation import Decoder, Sampler  # noqa: E402
+from llama_tf.generation import Decoder  # noqa: E402
+from llama_tf.sampling import Sampler  # noqa: E402
 from llama_tf.distribution import place  # noqa: E402
 from llama_tf.model import build_llama  # noqa: E402
 

@@ -22,7 +22,7 @@ from llama_tf.model import call_with_cache, new_cache, transformer_blocks
 from llama_tf.layers.projection import projections
 from llama_tf.sampling import Sampler, is_int
 
-__all__ = ["Sampler", "Decoder", "TextStream", "compiled_step"]
+__all__ = ["Decoder", "TextStream", "compiled_step"]
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
 GREEDY_STEPS = 16  # greedy decode steps per compiled call on JAX

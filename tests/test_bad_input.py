@@ -367,7 +367,7 @@ def test_an_empty_text_is_named_before_sentencepiece_tries():
 
 def test_a_huge_token_budget_allocates_only_what_is_generated(hf_dir):
     "Before, the key/value cache was allocated for max_new_tokens at once: 10⁹ tokens ran out of memory."
-    from llama_tf.generation import Sampler
+    from llama_tf.sampling import Sampler
 
     llm = llama_tf.load(hf_dir, max_seq_len=10**9)
     steps = llm.decoder([[1, 5, 7]], 10**9, Sampler(), stop_ids=())

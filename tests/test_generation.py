@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import llama_tf
-from llama_tf.generation import Decoder, Sampler, TextStream, _grow, compiled_step
+from llama_tf.generation import Decoder, TextStream, _grow, compiled_step
+from llama_tf.sampling import Sampler
 from llama_tf.model import call_with_cache, new_cache
 from reference import hf_model, max_relative_error, write_hf
 

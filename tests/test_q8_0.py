@@ -179,7 +179,8 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
     import tensorflow as tf
 
     from llama_tf import kernels
-    from llama_tf.generation import Decoder, Sampler
+    from llama_tf.generation import Decoder
+    from llama_tf.sampling import Sampler
     from llama_tf.model import call_with_cache, new_cache, transformer_blocks
 
     assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
