@@ -68,7 +68,7 @@ def main() -> dict:
     w = jnp.asarray(rng.standard_normal((config.dim, config.hidden_dim)), jnp.bfloat16)
     out["one 2048x2048x8192 bf16 matmul (ms)"] = best(jax.jit(lambda x, w: x @ w), x, w)
 
-    embedding = build_llama(config, dtype="bfloat16").get_layer("tok_embeddings")
+    embedding = build_llama(config, dtype="bfloat16").tok_embeddings
     h = jnp.asarray(rng.standard_normal((1, 1, config.dim)), jnp.bfloat16)
     values = [variable.value for variable in embedding.variables]
 

@@ -30,7 +30,7 @@ Modules:
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
 - `llama_tf.lora`: LoRA: low-rank adapters on a built model's projections, trained with ordinary Keras, saved and read in PEFT's own format.
-- `llama_tf.model`: The functional LLaMA model (`build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
+- `llama_tf.model`: The functional LLaMA model (`Llama`, `build_llama`) and its forward pass over a key/value cache (`new_cache`, `call_with_cache`): a prefill, then one token per step.
 - `llama_tf.q8_0`: llama.cpp's Q8_0 blocks in NumPy: the codec that the GGUF reader and the `Projection` layer share.
 - `llama_tf.quiet`: The native libraries' start-up log lines kept out of sessions, notebooks and command lines.
 - `llama_tf.rope`: RoPE's frequencies in NumPy: θ_i = theta^(-2i / head_dim) for each feature pair, and their rescaling for long contexts (Llama 3.1 and 3.2; notebook 11).
@@ -64,7 +64,7 @@ _EXPORTS = {
     "Attention": "layers.attention", "apply_rope": "layers.attention", "causal_mask": "layers.attention", "rope_angles": "layers.attention",
     "visible_keys": "layers.attention", "write_slots": "layers.attention", "tiled_attention": "layers.tiled_attention",
     "TransformerBlock": "layers.transformer_block",
-    "TokenEmbedding": "model", "build_llama": "model",
+    "TokenEmbedding": "model", "Llama": "model", "build_llama": "model",
     "LlamaConfig": "config",
     "CheckpointError": "formats", "read_checkpoint": "formats",
     "LLM": "llm", "load": "llm", "DEFAULT_WEIGHTS": "llm",

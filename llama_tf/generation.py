@@ -18,7 +18,7 @@ import numpy as np
 
 from llama_tf import kernels
 from llama_tf.backend import inference, to_numpy
-from llama_tf.model import call_with_cache, new_cache, transformer_blocks
+from llama_tf.model import call_with_cache, new_cache
 from llama_tf.layers.projection import projections
 from llama_tf.sampling import Sampler, is_int
 
@@ -47,7 +47,7 @@ def compiled_step(model: keras.Model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        blocks = transformer_blocks(model)
+        blocks = model.blocks
         attention = blocks[0].attention
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
         signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
@@ -155,7 +155,7 @@ class Decoder:
         q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
         default = xla is None
         if default and tensorflow:
-            xla = transformer_blocks(model)[0].attention.compute_dtype == "float32" and (
+            xla = model.blocks[0].attention.compute_dtype == "float32" and (
                 q8_0 or model.count_params() < XLA_MAX_PARAMETERS)
         self.in_place = bool(xla) and tensorflow
         self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None

@@ -100,7 +100,7 @@ class LLM:
         if mode != "q8_0":
             raise ValueError(f"LLM.quantize knows 'q8_0', not {mode!r}")
         for layer in projections(self.model):
-            layer.to_q8_0()
+            layer.to_format("q8_0")
         self._decoder = None   # its compiled steps hold the float weights
         return self
 

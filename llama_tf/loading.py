@@ -23,7 +23,7 @@ from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
 from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
-from llama_tf.layers.projection import Projection, dequantize_q8_0, projections
+from llama_tf.layers.projection import Projection, projections
 from llama_tf.q8_0 import quantize_q8_0
 from llama_tf.structure import BLOCK_NORMS, BLOCK_PROJECTIONS
 
@@ -31,17 +31,16 @@ __all__ = ["build_model", "model_variables", "model_state", "backend_tensor",
            "save_hf_checkpoint"]
 
 
-def model_variables(model, config: LlamaConfig) -> dict:
+def model_variables(model) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
     A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a "float_out_in"
     weight is (out, in), as the file's; a projection that holds Q8_0 blocks appears as the layer itself
     (its blocks are (out, in) too)."""
-    table = {"tok_embeddings.weight": (model.get_layer("tok_embeddings").embeddings, False),
-             "norm.weight": (model.get_layer("norm").weight, False)}
-    if not config.tie_embeddings:
-        table["output.weight"] = _projection_weights(model.get_layer("output"))
-    for i in range(config.n_layers):
-        block = model.get_layer(f"layers_{i}")
+    table = {"tok_embeddings.weight": (model.tok_embeddings.embeddings, False),
+             "norm.weight": (model.norm.weight, False)}
+    if model.output_projection is not None:
+        table["output.weight"] = _projection_weights(model.output_projection)
+    for i, block in enumerate(model.blocks):
         for sub, names in BLOCK_PROJECTIONS.items():
             for proj in names:
                 table[f"layers.{i}.{sub}.{proj}.weight"] = _projection_weights(getattr(getattr(block, sub), proj))
@@ -56,14 +55,14 @@ def _projection_weights(layer: Projection) -> tuple:
     return (layer.weight, False) if layer.weights_format == "float_out_in" else (layer, False)
 
 
-def model_state(model, config: LlamaConfig) -> dict[str, np.ndarray]:
+def model_state(model) -> dict[str, np.ndarray]:
     """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds);
     Q8_0 projections dequantised to float32."""
     def state(var, transposed):
         if isinstance(var, Projection):
-            return keras.ops.convert_to_numpy(dequantize_q8_0(var.q8_weights, var.q8_scales))
+            return keras.ops.convert_to_numpy(var.format.matrix(var))
         return np.asarray(var).T if transposed else np.asarray(var)
-    return {name: state(*entry) for name, entry in model_variables(model, config).items()}
+    return {name: state(*entry) for name, entry in model_variables(model).items()}
 
 
 _EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
@@ -115,10 +114,10 @@ def _transpose_into(out: np.ndarray, matrix: np.ndarray, tile: int = 256):
             out[j: j + tile, i: i + tile] = matrix[i: i + tile, j: j + tile].T
 
 
-def _checked_loaders(model, config: LlamaConfig, tensors: Mapping[str, TensorRef]) -> dict:
+def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
     """Meta tensor name -> (Keras variable, a function reading the tensor in the variable's orientation).
     Every tensor the model needs must be present, and no other; each shape is checked when it is read."""
-    table = model_variables(model, config)
+    table = model_variables(model)
     check_names(table, tensors)
 
     def read(name, expected):
@@ -212,7 +211,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
             weights_format = "q8_0" if q8_0 else "float_out_in" if dtype == "bfloat16" and mesh is None else None
             if weights_format:
                 _use_format(model, pending_variables(), weights_format)
-            loaders = _checked_loaders(model, config, checkpoint.tensors)
+            loaders = _checked_loaders(model, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
                 set_initializer(variable, partial(_initial_value, load, bar))
@@ -253,6 +252,6 @@ def save_hf_checkpoint(model, config: LlamaConfig, directory: str | Path, dtype:
     """Write `model` as `config.json` + `model.safetensors` (+ `tokenizer.model`), readable by
     `llama_tf.load` and by transformers' `LlamaForCausalLM.from_pretrained`; atomic as a whole, other
     files in the folder kept (see `write_hf`)."""
-    state = model_state(model, config)
+    state = model_state(model)
     files = {"tokenizer.model": tokenizer_model} if tokenizer_model is not None else {}
     return write_hf(directory, config, {name: (lambda w=w: w) for name, w in state.items()}, dtype, files)

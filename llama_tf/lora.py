@@ -35,7 +35,6 @@ from .formats.hf import permute_rope_rows, unpermute_rope_rows
 from .formats.staging import staged_folder
 from .keras_internals import unlocked
 from .layers.projection import Projection
-from .model import transformer_blocks
 
 # %% ../notebooks/13_lora.ipynb #d5869dec
 # Meta's projection names -> the block's sublayer path and Hugging Face's module name (PEFT's `target_modules`).
@@ -97,7 +96,7 @@ def enable_lora(model: keras.Model, rank: int = 8, alpha: float = 16, targets=tu
     disable_lora(model)
     scale = alpha / (math.sqrt(rank) if rslora else rank)
     added = []
-    for i, block in enumerate(transformer_blocks(model)):
+    for i, block in enumerate(model.blocks):
         for target in targets:
             layer = _projection(block, target)
             with unlocked(layer):
@@ -114,7 +113,7 @@ def enable_lora(model: keras.Model, rank: int = 8, alpha: float = 16, targets=tu
 def _adapted(model: keras.Model) -> dict[tuple[int, str], Projection]:
     "The projections that hold an adapter, by (block index, target)."
     found = {}
-    for i, block in enumerate(transformer_blocks(model)):
+    for i, block in enumerate(model.blocks):
         for target in TARGETS:
             if (layer := _projection(block, target)).adapter is not None:
                 found[i, target] = layer
@@ -236,12 +235,8 @@ def merge_lora(model: keras.Model) -> None:
     if any(layer.weights_format == "q8_0" for layer in layers):   # refused before any weight changes
         raise ValueError("merging an adapter into Q8_0 weights would round it away; load the base in "
                          "float32 or bfloat16 to merge")
-    for layer in layers:
-        update = _update(layer.adapter)                                 # (out, in)
-        if layer.weights_format == "float_out_in":
-            layer.weight.assign(ops.cast(ops.cast(layer.weight, "float32") + update, layer.weight.dtype))
-        else:
-            layer.kernel.assign(ops.cast(ops.cast(layer.kernel, "float32") + ops.transpose(update), layer.kernel.dtype))
+    for layer in layers:   # W (out, in) read out of the layer's format in float32, and written back
+        layer.format.assign(layer, layer.format.matrix(layer) + _update(layer.adapter))
     disable_lora(model)
 
 

@@ -19,10 +19,11 @@ BLOCK_NORMS = ("attention_norm", "ffn_norm")
 SPLIT_INPUTS = ("attention.wo", "feed_forward.w2")
 
 
-def block_shapes(config) -> dict[str, tuple[int, ...]]:
-    "A block's tensors (`attention.wq`, …, `ffn_norm`) with their shapes, matrices in Meta's (out, in) orientation."
-    kv = config.n_kv_heads * config.head_dim
-    dim, hidden = config.dim, config.hidden_dim
+def block_shapes(dim: int, hidden_dim: int, kv_dim: int) -> dict[str, tuple[int, ...]]:
+    """A block's tensors (`attention.wq`, …, `ffn_norm`) with their shapes, matrices in Meta's (out, in)
+    orientation, for a model of width `dim`, feed-forward width `hidden_dim` and key/value width `kv_dim`
+    (key/value heads × head size)."""
+    kv, hidden = kv_dim, hidden_dim
     return {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
             "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
             "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
@@ -33,7 +34,7 @@ def tensor_shapes(config) -> dict[str, tuple[int, ...]]:
     shapes = {"tok_embeddings.weight": (config.vocab_size, config.dim), "norm.weight": (config.dim,)}
     if not config.tie_embeddings:
         shapes["output.weight"] = (config.vocab_size, config.dim)
-    per_layer = block_shapes(config)
+    per_layer = block_shapes(config.dim, config.hidden_dim, config.n_kv_heads * config.head_dim)
     for i in range(config.n_layers):
         shapes.update({f"layers.{i}.{kind}.weight": shape for kind, shape in per_layer.items()})
     return shapes

@@ -188,6 +188,13 @@ def test_model_survives_keras_round_trip(tie, tmp_path):
     ids = np.random.default_rng(0).integers(0, 300, size=(2, 9))
     assert [w.path for w in restored.weights] == [w.path for w in model.weights]
     np.testing.assert_array_equal(restored(ids), model(ids))
+    # the parts come back as named attributes, the same layers the graph runs
+    assert type(restored) is llama_tf.Llama and restored.config == config
+    assert [b.name for b in restored.blocks] == ["layers_0", "layers_1"]
+    assert restored.tok_embeddings is restored.get_layer("tok_embeddings") and restored.norm is restored.get_layer("norm")
+    assert (restored.output_projection is None) == tie
+    if not tie:
+        assert restored.output_projection is restored.get_layer("output")
 
 
 def test_model_is_causal():

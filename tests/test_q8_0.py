@@ -13,7 +13,8 @@ import pytest
 import llama_tf
 from llama_tf.formats import read_checkpoint
 from llama_tf.loading import model_state
-from llama_tf.layers.projection import Projection, dequantize_q8_0, projections, quantize_q8_0
+from llama_tf.layers.projection import (WEIGHT_FORMATS, FloatOutIn, Projection, dequantize_q8_0, projections,
+                                        quantize_q8_0)
 from conftest import require, shared_path
 from reference import hf_model, max_relative_error, write_hf
 
@@ -58,7 +59,7 @@ def test_a_quantised_layer_computes_with_its_blocks():
     layer = Projection(48, name="wq")
     x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype("float32")
     layer(x)
-    layer.to_q8_0()
+    layer.to_format("q8_0")
     assert layer.weights_format == "q8_0" and [v.name for v in layer.weights] == ["q8_weights", "q8_scales"]
     assert not layer.trainable_weights
     weights = keras.ops.convert_to_numpy(dequantize_q8_0(layer.q8_weights, layer.q8_scales))   # (out, in)
@@ -69,11 +70,58 @@ def test_a_quantised_layer_computes_with_its_blocks():
     narrow = Projection(8, name="w2")
     narrow.build((1, 40))
     with pytest.raises(ValueError, match="layer 'w2': Q8_0 needs an input width that is a multiple of 32, got 40"):
-        narrow.to_q8_0()
+        narrow.to_format("q8_0")
     with pytest.raises(ValueError, match="weights_format must be one of float, float_out_in, q8_0, got 'int8'"):
         Projection(8, weights_format="int8")
     with pytest.raises(ValueError, match="weights_format must be one of float, float_out_in, q8_0, got 'rows'"):
         narrow.use_format("rows")
+    assert narrow.weights_format == "float" and [v.name for v in narrow.weights] == ["kernel"]   # unchanged
+
+
+def test_formats_convert_into_each_other():
+    """`to_format` between every pair: the float layouts exactly, into Q8_0 as `quantize_q8_0` rounds, and
+    out of Q8_0 as the blocks dequantise."""
+    x = np.random.default_rng(3).standard_normal((2, 64)).astype("float32")
+    layer = Projection(48, name="wq")
+    layer(x)
+    w = keras.ops.convert_to_numpy(layer.kernel).T                                    # (out, in)
+    layer.to_format("float_out_in")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.weight), w)
+    layer.to_format("float")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), w.T)
+    layer.to_format("q8_0")
+    q, scales = quantize_q8_0(w)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.q8_weights), q)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.q8_scales), scales)
+    layer.to_format("float_out_in")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.weight),
+                                  keras.ops.convert_to_numpy(dequantize_q8_0(q, scales)))
+
+
+def test_a_new_weights_format_plugs_in(monkeypatch):
+    "The seam a new storage uses: a `WeightFormat` subclass in `WEIGHT_FORMATS`, and no change to the layer."
+
+    class Halved(FloatOutIn):   # a toy format: W stored at half its size
+        name = "halved"
+
+        def product(self, layer, x):
+            return 2 * super().product(layer, x)
+
+        def matrix(self, layer):
+            return 2 * super().matrix(layer)
+
+        def assign(self, layer, w):
+            super().assign(layer, w / 2)
+
+    monkeypatch.setitem(WEIGHT_FORMATS, "halved", Halved())
+    x = np.random.default_rng(4).standard_normal((3, 64)).astype("float32")
+    layer = Projection(16, name="wq")
+    expected = keras.ops.convert_to_numpy(layer(x))
+    layer.to_format("halved")
+    assert isinstance(layer.format, Halved) and Projection.from_config(layer.get_config()).weights_format == "halved"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.weight) * 2,
+                               keras.ops.convert_to_numpy(layer.format.matrix(layer)), rtol=0, atol=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_a_float_out_in_layer_equals_a_float_one():
@@ -90,8 +138,8 @@ def test_a_float_out_in_layer_equals_a_float_one():
     for inputs in (x, x[:1, :1]):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(rows(inputs)),
                                    keras.ops.convert_to_numpy(columns(inputs)), rtol=1e-5, atol=1e-6)
-    columns.to_q8_0()
-    rows.to_q8_0()
+    columns.to_format("q8_0")
+    rows.to_format("q8_0")
     for a, b in zip(columns.weights, rows.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
@@ -101,7 +149,7 @@ def test_bfloat16_models_hold_their_projections_out_in(directory, token_ids):
     llm = llama_tf.load(directory, dtype="bfloat16")
     assert {layer.weights_format for layer in projections(llm.model)} == {"float_out_in"}
     stored = read_checkpoint(directory).tensors["layers.1.feed_forward.w2.weight"].load()
-    saved = model_state(llm.model, llm.config)["layers.1.feed_forward.w2.weight"]
+    saved = model_state(llm.model)["layers.1.feed_forward.w2.weight"]
     np.testing.assert_array_equal(saved.astype("float32"), stored.astype(saved.dtype).astype("float32"))
     assert {layer.weights_format for layer in projections(llama_tf.load(directory).model)} == {"float"}
 
@@ -123,13 +171,13 @@ def test_a_q8_0_gguf_loads_as_stored(q8_gguf, token_ids):
     "The blocks in memory are the file's bytes (not dequantised and quantised again); the logits are the dequantised model's."
     checkpoint = read_checkpoint(q8_gguf)
     llm = llama_tf.load(q8_gguf, dtype="q8_0")
-    wq = llm.model.get_layer("layers_0").attention.wq
+    wq = llm.model.blocks[0].attention.wq
     q, scales = checkpoint.tensors["layers.0.attention.wq.weight"].load_q8_0()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(wq.q8_weights), q)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(wq.q8_scales), scales)
     dequantised = llama_tf.load(q8_gguf)                                   # float32, dequantised on reading
     assert max_relative_error(np.asarray(llm.model(token_ids)), np.asarray(dequantised.model(token_ids))) <= 1e-5
-    state = model_state(llm.model, llm.config)                             # saving writes the dequantised weights
+    state = model_state(llm.model)                             # saving writes the dequantised weights
     np.testing.assert_array_equal(state["layers.0.attention.wq.weight"], checkpoint.tensors["layers.0.attention.wq.weight"].load())
     assert llm.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=()) == \
         dequantised.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=())
@@ -181,7 +229,7 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
     from llama_tf import kernels
     from llama_tf.generation import Decoder
     from llama_tf.sampling import Sampler
-    from llama_tf.model import call_with_cache, new_cache, transformer_blocks
+    from llama_tf.model import call_with_cache, new_cache
 
     assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
     llm = llama_tf.load(directory, dtype=dtype)
@@ -197,7 +245,7 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
 
     ours, plain = traced(True), traced(False)
     used = [op.type for op in ours.graph.get_operations() if op.type.startswith("LlamaTf")]
-    assert len(used) == 7 * len(transformer_blocks(llm.model)) + 1                  # each block's seven and the output's
+    assert len(used) == 7 * len(llm.model.blocks) + 1                  # each block's seven and the output's
     assert not any(op.type.startswith("LlamaTf") for op in plain.graph.get_operations())
     # as the JAX kernel test: float32 within 1e-5 of the logits' scale, Q8_0 1e-4 (x rounded to int16 per
     # block of 32), bfloat16 2e-2 (TensorFlow rounds the products' inputs to bfloat16)

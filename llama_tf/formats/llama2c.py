@@ -22,7 +22,6 @@ import math
 import struct
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -75,7 +74,7 @@ def _layout(version: int, ints, shared: bool) -> list[tuple[str, tuple[int, ...]
     "(Meta tensor name, shape) in the order the file stores them; '' marks the RoPE tables to skip."
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq = ints
     head_dim = dim // n_heads
-    shapes = block_shapes(SimpleNamespace(dim=dim, hidden_dim=hidden, n_kv_heads=n_kv, head_dim=head_dim))
+    shapes = block_shapes(dim, hidden, n_kv * head_dim)
 
     def per_layer(kind):
         return [(f"layers.{i}.{kind}.weight", shapes[kind]) for i in range(n_layers)]
