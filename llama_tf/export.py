@@ -8,6 +8,11 @@ Everything runs in the graph: SentencePiece tokenizing (`tensorflow_text`), left
 a `tf.while_loop` of one-token steps on a cache with room for the new tokens, stop tokens, detokenizing.
 The folder loads with `tensorflow` and `tensorflow_text` alone (no Keras, no llama_tf), in Python,
 TensorFlow Serving (`path` ending in a version number, `NAME/1`) or TensorFlow's C++ and Java APIs.
+A second signature, `sample`, also takes `temperature` and `top_p` (`tf.float32` scalars) and `seed`
+(`tf.int64` scalar): each token is drawn from softmax(logits / temperature) cut to the nucleus `top_p`
+(`llama_tf.sampling`'s rule, `pick_in_graph`), by TensorFlow's stateless random ops, so that a seed gives
+the same text on every call; temperature 0 is greedy. (Its draws are not `llm.generate`'s, which uses
+NumPy's generator.)
 Needs the TensorFlow backend and a SentencePiece tokenizer (Llama 3's byte-level BPE is not yet in graph
 ops). Written atomically as a whole (`staged_folder`).
 """
@@ -21,11 +26,32 @@ import keras
 from llama_tf.formats.staging import staged_folder
 from llama_tf.model import call_with_cache, new_cache
 
-__all__ = ["saved_model", "generate_in_graph"]
+__all__ = ["saved_model", "generate_in_graph", "pick_in_graph"]
 
 
-def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, max_new_tokens):
-    "Greedy continuations of a batch of strings, as TensorFlow ops (see the module's docstring)."
+def pick_in_graph(logits, temperature=None, top_p=None, seed=None, step=0):
+    """The next token of each row of logits (batch, vocab), as TensorFlow ops: the most likely one, or with a
+    `temperature` (> 0) a draw from softmax(logits / temperature) restricted to the nucleus `top_p` (the
+    tokens whose more likely tokens hold at most `top_p`, as `sampling.ranked_probabilities`), by stateless
+    random ops keyed on (`seed`, `step`). Temperature 0 is greedy."""
+    import tensorflow as tf
+
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if temperature is None:
+        return greedy
+    order = tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True)     # most likely first
+    ranked = tf.gather(logits, order, batch_dims=1) / tf.maximum(temperature, 1e-6)
+    probs = tf.nn.softmax(ranked - ranked[:, :1], axis=-1)
+    probs = tf.where(tf.cumsum(probs, axis=-1, exclusive=True) > tf.maximum(top_p, 0.0), 0.0, probs)   # the first stays
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    drawn = tf.random.stateless_categorical(tf.math.log(probs), 1, key, dtype=tf.int32)[:, 0]
+    return tf.where(temperature > 0, tf.gather(order, drawn, batch_dims=1), greedy)
+
+
+def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, max_new_tokens,
+                      temperature=None, top_p=None, seed=None):
+    """Continuations of a batch of strings, as TensorFlow ops (see the module's docstring): greedy, or drawn
+    by `pick_in_graph` with a temperature."""
     import tensorflow as tf
 
     ids = tf.cast(tokenizer.tokenize(prompt), tf.int32)                 # ragged (batch, None), BOS first
@@ -42,7 +68,7 @@ def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, m
     stop_ids = tf.constant(list(tokenizer.stop_ids), tf.int32)
 
     def step(i, logits, cache, finished, tokens):
-        picked = tf.argmax(logits[:, : tokenizer.vocab_size], axis=-1, output_type=tf.int32)
+        picked = pick_in_graph(logits[:, : tokenizer.vocab_size], temperature, top_p, seed, i)
         picked = tf.where(finished, -1, picked)                         # -1: the row had finished
         finished |= tf.reduce_any(picked[:, None] == stop_ids[None, :], axis=1)
         logits, cache = call_with_cache(model, tf.maximum(picked, 0)[:, None], cache, width + i, start)
@@ -74,13 +100,21 @@ def saved_model(llm, path: str | Path) -> Path:
     module.variables_ = list(llm.model.variables)        # tracked: saved with the graph
     module.tokenizer_ = llm.tokenizer.trackables()
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
-                                  tf.TensorSpec([], tf.int32, name="max_new_tokens")])
+    text, budget = tf.TensorSpec([None], tf.string, name="prompt"), tf.TensorSpec([], tf.int32, name="max_new_tokens")
+
+    @tf.function(input_signature=[text, budget])
     def serve(prompt, max_new_tokens):
         return {"text": generate_in_graph(llm.model, llm.tokenizer, llm.config.max_seq_len, prompt, max_new_tokens)}
 
-    module.serve = serve
+    @tf.function(input_signature=[text, budget, tf.TensorSpec([], tf.float32, name="temperature"),
+                                  tf.TensorSpec([], tf.float32, name="top_p"), tf.TensorSpec([], tf.int64, name="seed")])
+    def sample(prompt, max_new_tokens, temperature, top_p, seed):
+        return {"text": generate_in_graph(llm.model, llm.tokenizer, llm.config.max_seq_len, prompt, max_new_tokens,
+                                          temperature, top_p, seed)}
+
+    module.serve, module.sample = serve, sample
     path = Path(path)
     with staged_folder(path) as stage:
-        tf.saved_model.save(module, str(stage), signatures={"serving_default": serve.get_concrete_function()})
+        tf.saved_model.save(module, str(stage), signatures={"serving_default": serve.get_concrete_function(),
+                                                            "sample": sample.get_concrete_function()})
     return path

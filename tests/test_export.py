@@ -49,6 +49,52 @@ def test_a_fresh_tensorflow_process_gives_generates_text(exported):
     assert (path / "saved_model.pb").is_file() and path.name == "1"   # TensorFlow Serving's NAME/1 layout
 
 
+SAMPLE = """
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+sample = tf.saved_model.load(sys.argv[1]).signatures["sample"]
+prompts = tf.constant(json.loads(sys.argv[2]))
+texts = [[t.decode() for t in sample(prompt=prompts, max_new_tokens=tf.constant(24), temperature=tf.constant(t),
+                                     top_p=tf.constant(p), seed=tf.constant(s, tf.int64))["text"].numpy()]
+         for t, p, s in json.loads(sys.argv[3])]
+print(json.dumps(texts))
+"""
+
+
+def test_the_sample_signature_draws_reproducibly_and_is_greedy_at_temperature_0(exported):
+    llm, path = exported
+    settings = [(0.0, 0.95, 1), (1.0, 0.0, 1), (0.8, 0.95, 1), (0.8, 0.95, 1), (0.8, 0.95, 2)]
+    done = subprocess.run([sys.executable, "-c", SAMPLE, str(path), json.dumps(PROMPTS), json.dumps(settings)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cold, nucleus_of_one, first, again, other = json.loads(done.stdout.splitlines()[-1])
+    greedy = llm.generate(PROMPTS, 24)
+    assert cold == greedy and nucleus_of_one == greedy           # temperature 0, or a nucleus of one token
+    assert first == again and first != other and first != greedy  # a seed gives its text; another seed another
+
+
+def test_draws_in_the_graph_follow_the_samplers_distribution():
+    """`pick_in_graph` against `sampling.ranked_probabilities` (temperature, then the nucleus): 40,000 draws
+    of one row, each token's frequency within 0.01 of its probability (4.5 standard deviations at most)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from llama_tf.export import pick_in_graph
+    from llama_tf.sampling import ranked_probabilities
+
+    logits = np.array([[2.0, 0.5, 1.5, -1.0, 0.0, 1.0, -3.0, 0.2]], "float32")
+    order, probs = ranked_probabilities(logits, temperature=0.7, top_p=0.8)
+    expected = np.zeros(8)
+    expected[order[0]] = probs[0] / probs[0].sum()
+    n = 40_000
+    drawn = pick_in_graph(tf.constant(np.repeat(logits, n, axis=0)), tf.constant(0.7), tf.constant(0.8),
+                          tf.constant(7, tf.int64), 0).numpy()
+    frequency = np.bincount(drawn, minlength=8) / n
+    assert frequency[expected == 0].sum() == 0                    # nothing outside the nucleus
+    np.testing.assert_allclose(frequency, expected, atol=0.01)
+
+
 def test_export_names_what_it_cannot_write(exported, tmp_path, capsys):
     from llama_tf.__main__ import main
 
