@@ -27,6 +27,7 @@ Modules:
 - `llama_tf.layers.rms_norm`: Root-mean-square normalization with a learned gain, the norm in front of every LLaMA sub-layer.
 - `llama_tf.layers.tiled_attention`: Blockwise causal attention with an online softmax: the result of `Attention.attend`, in memory linear in the sequence length.
 - `llama_tf.layers.transformer_block`: The pre-norm residual block LLaMA repeats `n_layers` times: `h = x + attention(norm(x))`, `out = h + feed_forward(norm(h))`.
+- `llama_tf.litert`: Shipping a model to phones and small devices: a LiteRT (formerly TensorFlow Lite) file with `prefill` and `decode` signatures over a key/value cache that the caller holds, and a greedy loop over them.
 - `llama_tf.llm`: `load` a checkpoint into an `LLM` (config + tokenizer + Keras model) and generate text with it.
 - `llama_tf.loading`: Loading a `Checkpoint` (any format, `llama_tf.formats`) into a Keras model built by `build_llama`, and a model's weights back out under Meta's names.
 - `llama_tf.lora`: LoRA: low-rank adapters on a built model's projections, trained with ordinary Keras, saved and read in PEFT's own format.

@@ -1,6 +1,6 @@
 """Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf chat`
 (a conversation in the terminal), `python -m llama_tf eval FILE`, `python -m llama_tf convert SRC DST`
-(to Hugging Face safetensors or GGUF), `python -m llama_tf export SRC DST` (a TensorFlow SavedModel).
+(to Hugging Face safetensors or GGUF), `python -m llama_tf export SRC DST` (a TensorFlow SavedModel or a LiteRT file).
 
 `generate` and `chat` sample (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by
 default, so the same command prints the same text; `--temperature 0` is greedy. `chat` keeps the
@@ -55,10 +55,13 @@ def parser() -> ArgumentParser:
                    help="precision of the matrices (default float32; q8_0: GGUF only)")
     v.add_argument("--tokenizer", help="tokenizer file (default: the one beside SOURCE, or inside a GGUF)")
 
-    x = sub.add_parser("export", help="write a model as a TensorFlow SavedModel that answers strings with text")
-    x.add_argument("source", help="any checkpoint llama_tf reads, with a SentencePiece tokenizer")
-    x.add_argument("destination", help="the SavedModel folder (TensorFlow Serving reads NAME/1)")
-    x.add_argument("--format", choices=["saved_model"], default="saved_model")
+    x = sub.add_parser("export", help="write a model as a TensorFlow SavedModel that answers strings with text, "
+                                      "or as a LiteRT file")
+    x.add_argument("source", help="any checkpoint llama_tf reads (for a SavedModel, with a SentencePiece tokenizer)")
+    x.add_argument("destination", help="the SavedModel folder (TensorFlow Serving reads NAME/1), or the .tflite file")
+    x.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
+                   help="saved_model (default): strings in, text out; litert: prefill and decode signatures")
+    x.add_argument("--quantize", choices=["int8"], help="litert only: dynamic-range int8 weights")
 
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
@@ -83,7 +86,7 @@ def command(args) -> int | None:
         print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
         return 0
     if args.command == "export":
-        print(llama_tf.load(args.source).export(args.destination, args.format))
+        print(llama_tf.load(args.source).export(args.destination, args.format, args.quantize))
         return 0
     llm = llama_tf.load(args.weights)
     if args.command == "generate":

@@ -147,14 +147,22 @@ class LLM:
         self._decoder = None
         return self
 
-    def export(self, path: str | Path, format: str = "saved_model") -> Path:
-        """The model with its tokenizer as a TensorFlow SavedModel (`format="saved_model"`): strings in, the
-        greedy continuations out, loadable without Keras or llama_tf (`llama_tf.export`). Returns the path."""
-        if format != "saved_model":
-            raise ValueError(f"format must be 'saved_model' (LiteRT is not built yet), not {format!r}")
-        from llama_tf.export import saved_model
+    def export(self, path: str | Path, format: str = "saved_model", quantize: str | None = None) -> Path:
+        """The model as a file that runs without llama_tf. `format="saved_model"`: a TensorFlow SavedModel with
+        its tokenizer, strings in and continuations out (`llama_tf.export`); `format="litert"`: a LiteRT file
+        with `prefill` and `decode` signatures over a cache, float32 or with `quantize="int8"` 8-bit weights
+        (`llama_tf.litert`). Returns the path."""
+        if format == "saved_model":
+            if quantize is not None:
+                raise ValueError("quantize is for format='litert'; a SavedModel keeps the model's weights")
+            from llama_tf.export import saved_model
 
-        return saved_model(self, path)
+            return saved_model(self, path)
+        if format == "litert":
+            from llama_tf.litert import litert
+
+            return litert(self, path, quantize)
+        raise ValueError(f"format must be 'saved_model' or 'litert', not {format!r}")
 
     @property
     def decoder(self) -> Decoder:
