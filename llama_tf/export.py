@@ -26,7 +26,7 @@ import keras
 from llama_tf.formats.staging import staged_folder
 from llama_tf.model import call_with_cache, new_cache
 
-__all__ = ["saved_model", "generate_in_graph", "pick_in_graph"]
+__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly"]
 
 
 def pick_in_graph(logits, temperature=None, top_p=None, seed=None, step=0):
@@ -86,6 +86,19 @@ def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, m
     return tf.strings.substr(whole, skip, tf.strings.length(whole) - skip)
 
 
+def save_quietly(module, path, signatures: dict) -> None:
+    "`tf.saved_model.save`, without its INFO line (`Assets written to: …`) on the Python logger."
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        tf.saved_model.save(module, str(path), signatures=signatures)
+    finally:
+        logger.setLevel(level)
+
+
 def saved_model(llm, path: str | Path) -> Path:
     "`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path."
     if keras.backend.backend() != "tensorflow":
@@ -115,6 +128,6 @@ def saved_model(llm, path: str | Path) -> Path:
     module.serve, module.sample = serve, sample
     path = Path(path)
     with staged_folder(path) as stage:
-        tf.saved_model.save(module, str(stage), signatures={"serving_default": serve.get_concrete_function(),
-                                                            "sample": sample.get_concrete_function()})
+        save_quietly(module, stage, {"serving_default": serve.get_concrete_function(),
+                                     "sample": sample.get_concrete_function()})
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from llama_tf.export import save_quietly
 from llama_tf.formats.staging import staged_file
 from llama_tf.model import call_with_cache
 
@@ -82,8 +83,8 @@ def litert(llm, path: str | Path, quantize: str | None = None) -> Path:
 
     module = _signatures(llm)
     with tempfile.TemporaryDirectory() as scratch:   # the converter reads a SavedModel
-        tf.saved_model.save(module, scratch, signatures={"prefill": module.prefill.get_concrete_function(),
-                                                          "decode": module.decode.get_concrete_function()})
+        save_quietly(module, scratch, {"prefill": module.prefill.get_concrete_function(),
+                                       "decode": module.decode.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["prefill", "decode"])
         if quantize == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -25,6 +25,7 @@ from llama_tf.formats.hf import write_hf
 from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
 from llama_tf.layers.projection import Projection, projections
 from llama_tf.q8_0 import quantize_q8_0
+from llama_tf.quiet import float16_notice_dropped
 from llama_tf.structure import BLOCK_NORMS, BLOCK_PROJECTIONS
 
 __all__ = ["build_model", "model_variables", "model_state", "backend_tensor",
@@ -196,6 +197,8 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
 
     config = checkpoint.config
     validate(checkpoint)
+    if keras.backend.backend() == "tensorflow":
+        float16_notice_dropped()   # TensorFlow's one-time float16 notice on this CPU, before a weight needs it
     q8_0 = dtype == "q8_0"
     if q8_0 and mesh is not None:
         raise ValueError("Q8_0 weights run on one CPU; load a float dtype to split a model over a mesh")

@@ -21,7 +21,8 @@ import os
 import sys
 import threading
 
-__all__ = ["NATIVE_LOGS_ENV", "native_logs_dropped", "quiet_tensorflow_start", "silence_native_logs"]
+__all__ = ["NATIVE_LOGS_ENV", "native_logs_dropped", "quiet_tensorflow_start", "silence_native_logs",
+           "float16_notice_dropped"]
 
 NATIVE_LOGS_ENV = "LLAMA_TF_NATIVE_LOGS"
 
@@ -88,6 +89,25 @@ def native_logs_dropped():
                 os.dup2(terminal, 2)
                 os.close(terminal)
                 _dropped = None
+
+
+_float16_notice_gone = False
+
+
+def float16_notice_dropped() -> None:
+    """TensorFlow's oneDNN writes one line per process at its first float16 operation on a CPU without
+    AVX-512 float16 instructions, at ERROR level: `oneDNN supports DT_HALF only on platforms with AVX-512.
+    Falling back to the default Eigen-based implementation`. A notice, not a failure: run one such operation
+    now with the line dropped (`llama_tf.load` does, before it reads weights; float16 files and Q8_0 scales
+    would meet it). Initialises TensorFlow's devices: call it only where they are initialised anyway."""
+    global _float16_notice_gone
+    if _float16_notice_gone or native_logs_wanted() or "tensorflow" not in sys.modules:
+        return
+    import tensorflow as tf
+
+    with native_logs_dropped(), tf.device("CPU:0"):
+        tf.cast(tf.zeros([1], tf.float16), tf.float32)
+    _float16_notice_gone = True
 
 
 def silence_native_logs() -> None:

@@ -5,10 +5,10 @@
 # both cores). Each pass's output is printed when its stream ends; the exit status is 1 if any failed.
 #
 #   stream 1: the tests on TensorFlow; the parity and training tests again on PyTorch; one-token steps
-#             through the compiled kernel (JAX); the notebooks without ../shared (a fresh clone:
-#             notebooks that need it skip)
+#             through the compiled kernel (JAX)
 #   stream 2: the notebooks under strict nbval (oneDNN on, two threads); again with oneDNN off on one
-#             thread; the parity and training tests on JAX
+#             thread; again without ../shared (a fresh clone: notebooks that need it skip); the parity
+#             and training tests on JAX
 #
 # The notebooks' saved outputs must hold in each configuration: CPU, oneDNN and thread count change the
 # last bits of float32 results (README, "Saved outputs hold on any CPU").
@@ -50,10 +50,6 @@ stream0() {
         "${pytest[@]}" -q "${parity[@]}" || status=1
     pass 0 "one-token steps through the compiled kernel (KERAS_BACKEND=jax)" KERAS_BACKEND=jax -- \
         "${pytest[@]}" -q tests/test_q8_0.py -k kernel_steps || status=1
-    # (in this stream, which would otherwise end some minutes before the other)
-    pass 0 "the notebooks without ../shared, as on a fresh clone (notebooks that need it skip)" CI= \
-        LLAMA_TF_SHARED="$scratch/no_shared" XDG_CACHE_HOME="$scratch/no_shared/cache" -- \
-        "${pytest[@]}" -k ipynb -q -rs || status=1
     return $status
 }
 
@@ -65,6 +61,9 @@ stream1() {
         "${pytest[@]}" -k ipynb -q || status=1
     pass 1 "the notebooks with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0) on one thread" TF_ENABLE_ONEDNN_OPTS=0 \
         TF_NUM_INTRAOP_THREADS=1 -- "${pytest[@]}" -k ipynb -q || status=1
+    pass 1 "the notebooks without ../shared, as on a fresh clone (notebooks that need it skip)" CI= \
+        LLAMA_TF_SHARED="$scratch/no_shared" XDG_CACHE_HOME="$scratch/no_shared/cache" -- \
+        "${pytest[@]}" -k ipynb -q -rs || status=1
     pass 1 "the parity and training tests on KERAS_BACKEND=jax" KERAS_BACKEND=jax -- \
         "${pytest[@]}" -q "${parity[@]}" || status=1
     return $status

@@ -124,6 +124,19 @@ def test_fine_tuning_figures_are_the_committed_results():
         assert " ".join(claim.split()) in " ".join(README.split()), claim
 
 
+def test_export_figures_are_the_committed_results():
+    rows = {r["route"]: r for r in json.loads((RESULTS / "export_cpu.json").read_text())["rows"]}
+    base = rows["keras_generate"]["tokens_per_s"]
+    assert all(r["same_text_as_generate"] for r in rows.values())
+    claims = [f"| Keras `generate` (TensorFlow) | | {base:.1f} | 1.00 | |"]
+    for route, name in (("saved_model", "SavedModel, `serving_default`"),
+                        ("litert_float32", "LiteRT float32, `generate_litert`"), ("litert_int8", "LiteRT int8")):
+        r = rows[route]
+        claims.append(f"| {name} | {r['bytes'] / 1e6:.1f} MB | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f} | yes |")
+    for claim in claims:
+        assert claim in README, claim
+
+
 def test_the_default_models_score_is_the_model_cards():
     "The README rounds the held-out score of weights/README.md (whose slice figure test_default_model.py recomputes)."
     card = (ROOT / "weights" / "README.md").read_text()
