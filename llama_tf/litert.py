@@ -12,9 +12,8 @@
 Both signatures are one function (`token` may hold several ids too), so the file stores the weights once.
 `quantize="int8"` stores the matrices as dynamic-range int8 (`tf.lite.Optimize.DEFAULT`: int8 weights with a
 scale per output channel, activations float32): under a third of the bytes (the embedding table, read by a
-gather, stays float32). The tokenizer stays outside (LiteRT
-has no SentencePiece ops): `generate_litert` runs the greedy loop with llama_tf's tokenizer and gives
-`llm.generate`'s text. Needs the TensorFlow backend for writing and `ai_edge_litert` for running; written
+gather, stays float32). The tokenizer stays outside (LiteRT has no SentencePiece ops): `generate_litert`
+runs the greedy loop with llama_tf's tokenizer and gives `llm.generate`'s text. Needs the TensorFlow backend for writing and `ai_edge_litert` for running; written
 atomically (`staged_file`).
 """
 
@@ -76,7 +75,7 @@ def litert(llm, path: str | Path, quantize: str | None = None) -> Path:
                          f"not {keras.backend.backend()}")
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if llm.model.compute_dtype != "float32" or any(v.dtype not in ("float32",) for v in llm.model.variables):
+    if any(v.dtype != "float32" for v in llm.model.variables):
         raise ValueError("a LiteRT file is converted from float32 weights: load the model with dtype='float32' "
                          "(quantize='int8' then makes its weights 8-bit)")
     import tensorflow as tf
