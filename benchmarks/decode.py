@@ -465,10 +465,17 @@ def weight_bytes(model_dir: Path) -> tuple[int, int]:
 
 
 def versions() -> str:
-    from importlib.metadata import version
+    "The peers' package versions (a run of some peers needs only theirs installed)."
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
 
     packages = ["tensorflow", "keras", "keras-hub", "torch", "transformers", "llama-cpp-python", "gguf"]
-    return ", ".join(f"{p} {version(p)}" for p in packages)
+    return ", ".join(f"{p} {installed(p)}" for p in packages)
 
 
 def best_of_rounds(runs: list[dict]) -> list[dict]:
