@@ -26,7 +26,7 @@ import keras
 from llama_tf.formats.staging import staged_folder
 from llama_tf.model import call_with_cache, new_cache
 
-__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly"]
+__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly", "require_tensorflow"]
 
 
 def pick_in_graph(logits, temperature=None, top_p=None, seed=None, step=0):
@@ -86,6 +86,13 @@ def generate_in_graph(model: keras.Model, tokenizer, max_seq_len: int, prompt, m
     return tf.strings.substr(whole, skip, tf.strings.length(whole) - skip)
 
 
+def require_tensorflow(artifact: str) -> None:
+    "ValueError unless Keras runs on TensorFlow, which writes `artifact` (a SavedModel, a LiteRT file)."
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"{artifact} is written from the TensorFlow backend (KERAS_BACKEND=tensorflow), "
+                         f"not {keras.backend.backend()}")
+
+
 def save_quietly(module, path, signatures: dict) -> None:
     "`tf.saved_model.save`, without its INFO line (`Assets written to: …`) on the Python logger."
     import tensorflow as tf
@@ -101,9 +108,7 @@ def save_quietly(module, path, signatures: dict) -> None:
 
 def saved_model(llm, path: str | Path) -> Path:
     "`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path."
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(f"a SavedModel is written from the TensorFlow backend (KERAS_BACKEND=tensorflow), "
-                         f"not {keras.backend.backend()}")
+    require_tensorflow("a SavedModel")
     if not hasattr(llm.tokenizer, "trackables"):
         raise ValueError(f"a SavedModel holds its tokenizer as TensorFlow ops: SentencePiece models can, "
                          f"{type(llm.tokenizer).__name__} cannot yet")

@@ -13,8 +13,8 @@ Both signatures are one function (`token` may hold several ids too), so the file
 `quantize="int8"` stores the matrices as dynamic-range int8 (`tf.lite.Optimize.DEFAULT`: int8 weights with a
 scale per output channel, activations float32): under a third of the bytes (the embedding table, read by a
 gather, stays float32). The tokenizer stays outside (LiteRT has no SentencePiece ops): `generate_litert`
-runs the greedy loop with llama_tf's tokenizer and gives `llm.generate`'s text. Needs the TensorFlow backend for writing and `ai_edge_litert` for running; written
-atomically (`staged_file`).
+runs the greedy loop with llama_tf's tokenizer and gives `llm.generate`'s text. Needs the TensorFlow
+backend for writing and `ai_edge_litert` for running; written atomically (`staged_file`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from llama_tf.export import save_quietly
+from llama_tf.export import require_tensorflow, save_quietly
 from llama_tf.formats.staging import staged_file
 from llama_tf.model import call_with_cache
 
@@ -70,9 +69,7 @@ def _signatures(llm):
 
 def litert(llm, path: str | Path, quantize: str | None = None) -> Path:
     "`llm` as a LiteRT file at `path` (see the module's docstring); returns the path."
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(f"a LiteRT file is written from the TensorFlow backend (KERAS_BACKEND=tensorflow), "
-                         f"not {keras.backend.backend()}")
+    require_tensorflow("a LiteRT file")
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if any(v.dtype != "float32" for v in llm.model.variables):
