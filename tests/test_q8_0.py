@@ -199,6 +199,7 @@ def test_default_model_held_out_within_half_a_percent():
 def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch):
     """A one-token step through the compiled kernels (products and attention) equals the same step by
     XLA's products and attention; greedy text too."""
+    from llama_tf import kernels
     from llama_tf.layers import attention, projection
     from llama_tf.model import call_with_cache, new_cache
 
@@ -207,7 +208,12 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     _, cache = call_with_cache(llm.model, ids, new_cache(llm.model, 1, 16), 0, start)
     assert projection.uses_kernel(np.zeros((1, 1, 128), "float32"))
     step = (llm.model, token_ids[:, 12:13].astype("int32"), cache, 12, start)
+    calls = []   # notebook 12's `kernel_step`, plugged into `Attention.step_impl`, takes every block's step
+    attend_one = kernels.attend_one
+    monkeypatch.setattr(kernels, "attend_one", lambda *a: calls.append(1) or attend_one(*a))
     ours = np.asarray(call_with_cache(*step)[0])
+    assert len(calls) == llm.config.n_layers
+    monkeypatch.undo()
     expected_text = llm.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=())
     for module in (projection, attention):
         monkeypatch.setattr(module, "uses_kernel", lambda x: False)
