@@ -37,6 +37,7 @@ Modules:
 - `llama_tf.rope`: RoPE's frequencies in NumPy: θ_i = theta^(-2i / head_dim) for each feature pair, and their rescaling for long contexts (Llama 3.1 and 3.2; notebook 11).
 - `llama_tf.sampling`: Choosing each next token: greedy decoding and sampling shaped by temperature, top-k and top-p, reproducible for a seed.
 - `llama_tf.structure`: A LLaMA model's structure, named once: its tensors under Meta's names with their shapes, and which projections model parallelism splits along their outputs or their inputs.
+- `llama_tf.tokenizers.byte_pair_ops`: Llama 3's byte-level BPE as TensorFlow ops, for a graph that tokenizes without Python (a SavedModel).
 - `llama_tf.tokenizers.embedded_tokenizers`: Tokenizers stored in other projects' files, run as the package's kinds: a GGUF file's vocabulary and llama2.c's `tokenizer.bin`. `Tokenizer("model.gguf")` and `Tokenizer("tokenizer.bin")` work alone.
 - `llama_tf.tokenizers.hf_tokenizer`: A Hugging Face `tokenizer.json` (what most downloads carry) through the `tokenizers` library.
 - `llama_tf.tokenizers.sentencepiece_library`: LLaMA's SentencePiece tokenizer through the `sentencepiece` library alone, for machines without TensorFlow (a JAX or PyTorch GPU box): the ids and text of `SentencePieceTokenizer` (notebook 01, which runs the same model as `tensorflow_text` ops), with the `Tokenizer` interface on Python lists. `Tokenizer(path)` picks it when `tensorflow_text` cannot be imported.

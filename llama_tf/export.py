@@ -13,8 +13,9 @@ A second signature, `sample`, also takes `temperature` and `top_p` (`tf.float32`
 (`llama_tf.sampling`'s rule, `pick_in_graph`), by TensorFlow's stateless random ops, so that a seed gives
 the same text on every call; temperature 0 is greedy. (Its draws are not `llm.generate`'s, which uses
 NumPy's generator.)
-Needs the TensorFlow backend and a SentencePiece tokenizer (Llama 3's byte-level BPE is not yet in graph
-ops). Written atomically as a whole (`staged_folder`).
+Needs the TensorFlow backend. SentencePiece tokenizers run as `tensorflow_text`'s op; Llama 3's byte-level
+BPE (`tokenizer.model` or `tokenizer.json`) as `BytePairOps`: regex split, bytes, merges by rank. Written
+atomically as a whole (`staged_folder`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import keras
 from llama_tf.formats.staging import staged_folder
 from llama_tf.model import call_with_cache, new_cache
 
-__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly", "require_tensorflow"]
+__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly", "require_tensorflow", "graph_tokenizer"]
 
 
 def pick_in_graph(logits, temperature=None, top_p=None, seed=None, step=0):
@@ -106,28 +107,38 @@ def save_quietly(module, path, signatures: dict) -> None:
         logger.setLevel(level)
 
 
+def graph_tokenizer(tokenizer):
+    """`tokenizer` as TensorFlow ops (`tokenize`, `detokenize`, `trackables`): a SentencePiece kind is, Llama 3's
+    byte-level BPE becomes `BytePairOps`; ValueError for any other."""
+    if hasattr(tokenizer, "trackables"):
+        return tokenizer
+    if hasattr(tokenizer, "byte_pair_ranks"):
+        from llama_tf.tokenizers.byte_pair_ops import BytePairOps
+        return BytePairOps.of(tokenizer)
+    raise ValueError(f"a SavedModel holds its tokenizer as TensorFlow ops: SentencePiece and Llama 3's byte-level "
+                     f"BPE can, {type(tokenizer).__name__} cannot")
+
+
 def saved_model(llm, path: str | Path) -> Path:
     "`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path."
     require_tensorflow("a SavedModel")
-    if not hasattr(llm.tokenizer, "trackables"):
-        raise ValueError(f"a SavedModel holds its tokenizer as TensorFlow ops: SentencePiece models can, "
-                         f"{type(llm.tokenizer).__name__} cannot yet")
+    tokenizer = graph_tokenizer(llm.tokenizer)
     import tensorflow as tf
 
     module = tf.Module()
     module.variables_ = list(llm.model.variables)        # tracked: saved with the graph
-    module.tokenizer_ = llm.tokenizer.trackables()
+    module.tokenizer_ = tokenizer.trackables()
 
     text, budget = tf.TensorSpec([None], tf.string, name="prompt"), tf.TensorSpec([], tf.int32, name="max_new_tokens")
 
     @tf.function(input_signature=[text, budget])
     def serve(prompt, max_new_tokens):
-        return {"text": generate_in_graph(llm.model, llm.tokenizer, llm.config.max_seq_len, prompt, max_new_tokens)}
+        return {"text": generate_in_graph(llm.model, tokenizer, llm.config.max_seq_len, prompt, max_new_tokens)}
 
     @tf.function(input_signature=[text, budget, tf.TensorSpec([], tf.float32, name="temperature"),
                                   tf.TensorSpec([], tf.float32, name="top_p"), tf.TensorSpec([], tf.int64, name="seed")])
     def sample(prompt, max_new_tokens, temperature, top_p, seed):
-        return {"text": generate_in_graph(llm.model, llm.tokenizer, llm.config.max_seq_len, prompt, max_new_tokens,
+        return {"text": generate_in_graph(llm.model, tokenizer, llm.config.max_seq_len, prompt, max_new_tokens,
                                           temperature, top_p, seed)}
 
     module.serve, module.sample = serve, sample

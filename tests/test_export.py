@@ -2,6 +2,7 @@
 TensorFlow and tensorflow_text, gives `llm.generate`'s greedy text."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -105,24 +106,54 @@ def test_export_names_what_it_cannot_write(exported, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
 
 
-def test_a_row_that_reaches_its_stop_token_ends_there_and_the_others_go_on(tmp_path, tiny_tokenizer_proto):
-    """A random model whose output rows for one token t and for EOS are swapped: its greedy path is the
-    same until the step that picked t, which now picks EOS and ends that row."""
+def stops_one_row(model, load, prompts, steps, stop_id):
+    """`model` (transformers) with its output rows for `stop_id` and for one token t swapped, t being a token
+    of the first prompt's greedy path only and not its first: the same path until the step that picked t,
+    which now picks `stop_id` and ends that row. Returns the model loaded by `load` (model -> LLM)."""
     torch = pytest.importorskip("torch")
+    plain = load(model, "plain")
+    paths = plain.generate_ids([plain.tokenizer.prompt_ids(p) for p in prompts], steps, stop_ids=())
+    t = next(t for t in paths[0][2:] if t not in paths[1] and t != stop_id)
+    with torch.no_grad():
+        rows = model.lm_head.weight
+        rows[[t, stop_id]] = rows[[stop_id, t]].clone()
+    llm = load(model, "swapped")
+    first = llm.generate_ids([llm.tokenizer.prompt_ids(p) for p in prompts], steps)
+    assert first[0][-1] == stop_id and len(first[0]) < steps and len(first[1]) == steps   # one stops, one goes on
+    return llm
+
+
+def test_a_row_that_reaches_its_stop_token_ends_there_and_the_others_go_on(tmp_path, tiny_tokenizer_proto):
+    "SentencePiece in the graph: a batch where one row reaches EOS and the other does not."
     from reference import hf_model, write_hf
 
     prompts, steps = ["Beautiful is better", "Flat is"], 12
-    model = hf_model(tie_word_embeddings=False)
-    plain = llama_tf.load(write_hf(model, tmp_path / "plain", tiny_tokenizer_proto))
-    paths = plain.generate_ids([plain.tokenizer.prompt_ids(p) for p in prompts], steps, stop_ids=())
-    eos = plain.tokenizer.eos_id
-    t = next(t for t in paths[0][2:] if t not in paths[1] and t != eos)   # in the first path only, not at once
-    with torch.no_grad():
-        rows = model.lm_head.weight
-        rows[[t, eos]] = rows[[eos, t]].clone()
-    llm = llama_tf.load(write_hf(model, tmp_path / "swapped", tiny_tokenizer_proto))
-    expected = llm.generate(prompts, steps)
-    first = llm.generate_ids([llm.tokenizer.prompt_ids(p) for p in prompts], steps)
-    assert first[0][-1] == eos and len(first[0]) < steps and len(first[1]) == steps   # one stops, one goes on
+    load = lambda model, name: llama_tf.load(write_hf(model, tmp_path / name, tiny_tokenizer_proto))  # noqa: E731
+    eos = llama_tf.Tokenizer(tiny_tokenizer_proto).eos_id
+    llm = stops_one_row(hf_model(tie_word_embeddings=False), load, prompts, steps, eos)
     answer = serve(llm.export(tmp_path / "served" / "1"), prompts, [steps])
-    assert answer["text"][str(steps)] == expected
+    assert answer["text"][str(steps)] == llm.generate(prompts, steps)
+
+
+LLAMA3_SHAPE = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=128,
+                    vocab_size=128_256, max_position_embeddings=96, rope_theta=500_000.0, tie_word_embeddings=False)
+LLAMA3_PROMPTS = ["Hello  world! It's 2024: 1234567", "日本語 🦙\t\n\n  x", "don't"]
+
+
+def test_llama3s_byte_level_bpe_runs_in_the_graph(tmp_path, llama3_tokenizer_json):
+    """A random Llama-3-shaped model with its tokenizer.json: tokenizing (regex split, bytes, merges by rank)
+    and detokenizing run as TensorFlow ops, and a fresh TensorFlow process answers as `generate` does, on
+    prompts of different lengths, one row ending at `<|eot_id|>` and the others going on."""
+    from reference import hf_model, write_hf
+
+    def load(model, name):
+        directory = write_hf(model, tmp_path / name, b"")
+        (directory / "tokenizer.model").unlink()
+        shutil.copy(llama3_tokenizer_json, directory / "tokenizer.json")
+        return llama_tf.load(directory)
+
+    steps = 10
+    llm = stops_one_row(hf_model(**LLAMA3_SHAPE), load, LLAMA3_PROMPTS, steps, 128009)
+    assert type(llm.tokenizer).__name__ == "HFTokenizer"
+    answer = serve(llm.export(tmp_path / "served" / "1"), LLAMA3_PROMPTS, [1, steps])
+    assert answer == {"text": {str(n): llm.generate(LLAMA3_PROMPTS, n) for n in (1, steps)}, "llama_tf": False}

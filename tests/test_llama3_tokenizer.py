@@ -2,6 +2,7 @@
 `tokenizer.json`), against Meta's reference tokenizer (`llama_models.llama3.tokenizer`): identical ids
 on the whole Tiny Shakespeare corpus and on text chosen to break a byte-level BPE; exact round trips."""
 
+import json
 import re
 
 import pytest
@@ -153,3 +154,67 @@ def test_malformed_tokenizer_json(tmp_path, content, message):
     with pytest.raises(TokenizerError, match=re.escape(message)):
         llama_tf.Tokenizer(path)
 
+
+
+# -- the same tokenizer as TensorFlow ops (BytePairOps: what a SavedModel holds) ------------------------------
+
+@pytest.fixture(scope="module")
+def graph_ops(tok):
+    from llama_tf.tokenizers.byte_pair_ops import BytePairOps
+    return BytePairOps.of(tok)
+
+
+def test_byte_pair_ops_give_metas_ids_inside_a_graph(tok, graph_ops, meta_llama3_tokenizer):
+    """The hard cases (those under 1,000 characters: a piece of n bytes takes n merge rounds) and every
+    line of the corpus, tokenized and detokenized inside a `tf.function`."""
+    lines = shared_path("data/tinyshakespeare.txt").read_text().splitlines(keepends=True)
+    texts = [t for t in HARD if len(t) < 1000] + ["a" * 999, " " * 999] + lines
+    round_trip = tf.function(lambda t: (ids := graph_ops.tokenize(t), graph_ops.detokenize(ids)))
+    ids, text = round_trip(tf.constant(texts))
+    assert ids.to_list() == [meta_ids(meta_llama3_tokenizer, t, bos=True) for t in texts]
+    assert [t.decode() for t in text.numpy()] == texts
+
+
+@pytest.fixture(scope="module")
+def graph_tokenize(graph_ops):
+    "`graph_ops.tokenize` traced once, for a batch of any size."
+    return tf.function(graph_ops.tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=80), min_size=1, max_size=8))
+def test_byte_pair_ops_on_any_text(tok, graph_tokenize, texts):
+    assert graph_tokenize(tf.constant(texts)).to_list() == [tok.prompt_ids(t) for t in texts]
+
+
+def test_byte_pair_ops_detokenize_any_ids_as_the_tokenizer_does(tok, graph_ops):
+    """Random ids, many of them single bytes that are not whole UTF-8 characters (each read as U+FFFD, as
+    Python reads them) and special tokens (left out)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pools = [np.arange(0, 256), np.arange(128_000, 128_256), np.arange(0, 128_256)]
+    rows = [rng.choice(pools[rng.integers(3)], size=rng.integers(0, 12)).tolist() for _ in range(2000)]
+    text = graph_ops.detokenize(tf.ragged.constant(rows, dtype=tf.int32)).numpy()
+    assert [t.decode() for t in text] == tok.detokenize(rows)
+    assert sum("\ufffd" in t.decode() for t in text) > 100
+
+
+def test_invalid_utf8_input_reads_as_replacement_characters(tok, graph_ops):
+    raw = [b"ok \xff\xfe bytes", b"half a llama \xf0\x9f\xa6"]
+    assert graph_ops.tokenize(tf.constant(raw)).to_list() == [tok.prompt_ids(r.decode("utf-8", "replace")) for r in raw]
+
+
+def test_add_bos_and_add_eos_in_the_graph(llama3_tokenizer_path):
+    from llama_tf.tokenizers.byte_pair_ops import BytePairOps
+
+    tok = llama_tf.Tokenizer(llama3_tokenizer_path, add_bos=False, add_eos=True)
+    assert BytePairOps.of(tok).tokenize(tf.constant(["Hi"])).to_list() == [tok.prompt_ids("Hi")]
+
+
+def test_only_llama3s_pre_split_runs_as_ops(llama3_tokenizer_json, tmp_path):
+    spec = json.loads(llama3_tokenizer_json.read_text())
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\S+"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(TokenizerError, match="only Llama 3's byte-level BPE"):
+        llama_tf.Tokenizer(tmp_path / "tokenizer.json").byte_pair_ranks()

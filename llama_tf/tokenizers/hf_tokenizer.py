@@ -7,9 +7,12 @@ same ids; Llama 2's holds its SentencePiece BPE. BOS and EOS are found by name (
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
+from llama_tf.tokenizers.tiktoken_tokenizer import bytes_to_unicode
 from llama_tf.tokenizers.tokenizer import Tokenizer, TokenizerError, read_model, well_formed
 
 __all__ = ["HFTokenizer"]
@@ -48,6 +51,21 @@ class HFTokenizer(Tokenizer):
 
     def files(self) -> dict[str, bytes]:
         return {"tokenizer.json": self._tok.to_str().encode()}
+
+    def byte_pair_ranks(self) -> dict[bytes, int]:
+        """Each token's bytes -> its id, for `BytePairOps`, which merges by id as tiktoken does: a byte-level
+        BPE split by Meta's pattern (Llama 3's file, whose merges follow the ids); TokenizerError for others."""
+        spec = json.loads(self._tok.to_str())
+        pre = spec.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre])
+        pattern = [step.get("pattern", {}).get("Regex") for step in steps if step.get("type") == "Split"]
+        byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+        vocab = spec["model"].get("vocab", {})
+        if (spec["model"].get("type") != "BPE" or pattern != [LLAMA3_PATTERN] or spec.get("normalizer")
+                or not all(char in byte_of for token in vocab for char in token)):
+            raise TokenizerError("only Llama 3's byte-level BPE (Meta's pre-split pattern, no normalizer) runs "
+                                 "as TensorFlow ops; this tokenizer.json is another kind")
+        return {bytes(byte_of[char] for char in token): i for token, i in vocab.items()}
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):

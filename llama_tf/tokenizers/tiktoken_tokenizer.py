@@ -97,6 +97,10 @@ class TiktokenTokenizer(Tokenizer):
     def files(self) -> dict[str, bytes]:
         return {"tokenizer.model": self._data}
 
+    def byte_pair_ranks(self) -> dict[bytes, int]:
+        "Each token's bytes -> its id, which is also its merge priority (`BytePairOps` encodes with it)."
+        return {token: rank for rank, token in self._pieces.items()}
+
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a str, got {type(text).__name__}")
