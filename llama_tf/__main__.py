@@ -1,6 +1,6 @@
 """Command line: `python -m llama_tf generate "ROMEO:"` (streams the continuation), `python -m llama_tf chat`
 (a conversation in the terminal), `python -m llama_tf eval FILE`, `python -m llama_tf convert SRC DST`
-(to Hugging Face safetensors or GGUF), `python -m llama_tf export SRC DST` (a TensorFlow SavedModel or a LiteRT file).
+(to Hugging Face safetensors or GGUF), `python -m llama_tf export SRC DST` (a TensorFlow SavedModel, a LiteRT file or a LiteRT-LM bundle).
 
 `generate` and `chat` sample (temperature 0.6, top-p 0.9, as Meta's reference code) with seed 0 by
 default, so the same command prints the same text; `--temperature 0` is greedy. `chat` keeps the
@@ -57,11 +57,12 @@ def parser() -> ArgumentParser:
 
     x = sub.add_parser("export", help="write a model as a TensorFlow SavedModel that answers strings with text, "
                                       "or as a LiteRT file")
-    x.add_argument("source", help="any checkpoint llama_tf reads (for a SavedModel, with a SentencePiece tokenizer)")
+    x.add_argument("source", help="any checkpoint llama_tf reads (for a SavedModel, with a SentencePiece or Llama 3 tokenizer)")
     x.add_argument("destination", help="the SavedModel folder (TensorFlow Serving reads NAME/1), or the .tflite file")
-    x.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
-                   help="saved_model (default): strings in, text out; litert: prefill and decode signatures")
-    x.add_argument("--quantize", choices=["int8"], help="litert only: dynamic-range int8 weights")
+    x.add_argument("--format", choices=["saved_model", "litert", "litert_lm"], default="saved_model",
+                   help="saved_model (default): strings in, text out; litert: prefill and decode signatures; "
+                        "litert_lm: a .litertlm bundle for Google's LiteRT-LM runtime")
+    x.add_argument("--quantize", choices=["int8"], help="litert and litert_lm: dynamic-range int8 weights")
 
     e = sub.add_parser("eval", help="negative log-likelihood per character and perplexity of a text file")
     e.add_argument("file", type=Path)
@@ -86,7 +87,7 @@ def command(args) -> int | None:
         print(convert(args.source, args.destination, args.to, args.dtype, args.tokenizer))
         return 0
     if args.command == "export":
-        print(llama_tf.load(args.source).export(args.destination, args.format, args.quantize))
+        print(llama_tf.load(args.source, progress=True).export(args.destination, args.format, args.quantize, progress=True))
         return 0
     llm = llama_tf.load(args.weights)
     if args.command == "generate":

@@ -20,14 +20,17 @@ atomically as a whole (`staged_folder`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import keras
+from tqdm.auto import tqdm
 
 from llama_tf.formats.staging import staged_folder
 from llama_tf.model import call_with_cache, new_cache
 
-__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly", "require_tensorflow", "graph_tokenizer"]
+__all__ = ["saved_model", "generate_in_graph", "pick_in_graph", "save_quietly", "require_tensorflow", "graph_tokenizer",
+           "ExportSteps"]
 
 
 def pick_in_graph(logits, temperature=None, top_p=None, seed=None, step=0):
@@ -94,6 +97,27 @@ def require_tensorflow(artifact: str) -> None:
                          f"not {keras.backend.backend()}")
 
 
+class ExportSteps(tqdm):
+    """A progress bar over an export's steps (tracing each signature, converting, writing), each named as it
+    starts by `step(name)`; shown where `progress` says (None: where stderr is a terminal)."""
+
+    def __init__(self, total: int, progress: bool | None):
+        super().__init__(total=total, desc="exporting", unit="step", disable=not (sys.stderr.isatty() if progress is None else progress))
+        self._started = False
+
+    def step(self, name: str) -> None:
+        "The step before ends; `name` begins."
+        if self._started:
+            self.update()
+        self._started = True
+        self.set_postfix_str(name)
+
+    def __exit__(self, *exc):
+        if exc[0] is None and self._started:
+            self.update()
+        return super().__exit__(*exc)
+
+
 def save_quietly(module, path, signatures: dict) -> None:
     "`tf.saved_model.save`, without its INFO line (`Assets written to: …`) on the Python logger."
     import tensorflow as tf
@@ -119,8 +143,9 @@ def graph_tokenizer(tokenizer):
                      f"BPE can, {type(tokenizer).__name__} cannot")
 
 
-def saved_model(llm, path: str | Path) -> Path:
-    "`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path."
+def saved_model(llm, path: str | Path, progress: bool | None = None) -> Path:
+    """`llm` as a SavedModel folder at `path` (see the module's docstring); returns the path. `progress`:
+    a bar over the steps (None: where stderr is a terminal)."""
     require_tensorflow("a SavedModel")
     tokenizer = graph_tokenizer(llm.tokenizer)
     import tensorflow as tf
@@ -143,7 +168,11 @@ def saved_model(llm, path: str | Path) -> Path:
 
     module.serve, module.sample = serve, sample
     path = Path(path)
-    with staged_folder(path) as stage:
-        save_quietly(module, stage, {"serving_default": serve.get_concrete_function(),
-                                     "sample": sample.get_concrete_function()})
+    with ExportSteps(3, progress) as steps, staged_folder(path) as stage:
+        steps.step("tracing serving_default")
+        signatures = {"serving_default": serve.get_concrete_function()}
+        steps.step("tracing sample")
+        signatures["sample"] = sample.get_concrete_function()
+        steps.step("writing")
+        save_quietly(module, stage, signatures)
     return path

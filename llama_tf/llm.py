@@ -147,22 +147,28 @@ class LLM:
         self._decoder = None
         return self
 
-    def export(self, path: str | Path, format: str = "saved_model", quantize: str | None = None) -> Path:
+    def export(self, path: str | Path, format: str = "saved_model", quantize: str | None = None,
+               progress: bool | None = None) -> Path:
         """The model as a file that runs without llama_tf. `format="saved_model"`: a TensorFlow SavedModel with
         its tokenizer, strings in and continuations out (`llama_tf.export`); `format="litert"`: a LiteRT file
         with `prefill` and `decode` signatures over a cache, float32 or with `quantize="int8"` 8-bit weights
-        (`llama_tf.litert`). Returns the path."""
+        (`llama_tf.litert`); `format="litert_lm"`: a `.litertlm` bundle (model, tokenizer, metadata) that Google's
+        LiteRT-LM runtime runs. `progress`: a bar over the steps (None: where stderr is a terminal). Returns the path."""
         if format == "saved_model":
             if quantize is not None:
                 raise ValueError("quantize is for format='litert'; a SavedModel keeps the model's weights")
             from llama_tf.export import saved_model
 
-            return saved_model(self, path)
+            return saved_model(self, path, progress)
         if format == "litert":
             from llama_tf.litert import litert
 
-            return litert(self, path, quantize)
-        raise ValueError(f"format must be 'saved_model' or 'litert', not {format!r}")
+            return litert(self, path, quantize, progress)
+        if format == "litert_lm":
+            from llama_tf.litert import litert_lm
+
+            return litert_lm(self, path, quantize, progress=progress)
+        raise ValueError(f"format must be 'saved_model', 'litert' or 'litert_lm', not {format!r}")
 
     @property
     def decoder(self) -> Decoder:

@@ -84,5 +84,61 @@ def test_the_command_line_writes_a_litert_file_and_refuses_int8_for_a_savedmodel
     llm, path, _ = files
     assert main(["export", str(llama_tf.DEFAULT_WEIGHTS), str(tmp_path / "m.tflite"), "--format", "litert"]) == 0
     assert (tmp_path / "m.tflite").read_bytes() == path.read_bytes()      # the same conversion
+    shown = capsys.readouterr()
+    assert shown.out.strip() == str(tmp_path / "m.tflite") and "exporting: 100%" in shown.err and "3/3" in shown.err
     assert main(["export", str(llama_tf.DEFAULT_WEIGHTS), str(tmp_path / "out"), "--quantize", "int8"]) == 1
     assert "error: quantize is for format='litert'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# -- a LiteRT-LM bundle, run by Google's runtime ---------------------------------------------------------------
+
+LONG = ("JULIET: O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name; Or, if thou "
+        "wilt not, be but sworn my love, And I'll no longer be a Capulet.")
+
+
+def test_a_litert_lm_bundle_runs_in_googles_runtime_and_gives_generates_text(tmp_path):
+    """LiteRT-LM's engine (what `litert-lm run` runs) loads the bundle, tokenizes with the SentencePiece model
+    inside it, prefills 32 tokens a call (the long prompt takes two calls; the rest are padded as the runtime
+    pads them) and decodes greedily (top-k 1) until the context is full: `generate`'s text to the end."""
+    litert_lm = require("litert_lm")
+    llm = llama_tf.load()
+    assert len(llm.tokenizer.prompt_ids(LONG)) > 32
+    path = llm.export(tmp_path / "shakespeare.litertlm", format="litert_lm")
+    engine = litert_lm.Engine(str(path))
+    for prompt in ("ROMEO:", LONG):
+        with engine.create_session(sampler_config=litert_lm.SamplerConfig(top_k=1)) as session:
+            session.run_prefill([prompt])
+            text = session.run_decode().texts[0]
+        assert text == llm.generate(prompt, llm.config.max_seq_len - len(llm.tokenizer.prompt_ids(prompt)))
+
+
+def test_a_litert_lm_bundle_names_what_it_cannot_hold(tmp_path, llama3_tokenizer_path):
+    from llama_tf.litert import litert_lm
+
+    llm = llama_tf.load()
+    with pytest.raises(ValueError, match="prefill_len must be 1..256"):
+        litert_lm(llm, tmp_path / "m.litertlm", prefill_len=0)
+    llm.tokenizer = llama_tf.Tokenizer(llama3_tokenizer_path)
+    with pytest.raises(ValueError, match="SentencePiece model or a tokenizer.json, not a TiktokenTokenizer"):
+        llm.export(tmp_path / "m.litertlm", format="litert_lm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_llama3_bundle_holds_its_tokenizer_json(tmp_path, llama3_tokenizer_json):
+    "A random Llama-3-shaped model: the runtime tokenizes with the bundle's tokenizer.json, as `generate` does."
+    import shutil
+
+    from reference import hf_model, write_hf
+
+    litert_lm = require("litert_lm")
+    directory = write_hf(hf_model(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=128,
+                                  vocab_size=128_256, max_position_embeddings=64, rope_theta=500_000.0), tmp_path / "hf", b"")
+    (directory / "tokenizer.model").unlink()
+    shutil.copy(llama3_tokenizer_json, directory / "tokenizer.json")
+    llm = llama_tf.load(directory)
+    engine = litert_lm.Engine(str(llm.export(tmp_path / "llama3.litertlm", format="litert_lm")))
+    prompt = "Hello  world! It's 2024: 1234567 日本語 🦙"
+    with engine.create_session(sampler_config=litert_lm.SamplerConfig(top_k=1)) as session:
+        session.run_prefill([prompt])
+        text = session.run_decode().texts[0]
+    assert text == llm.generate(prompt, llm.config.max_seq_len - len(llm.tokenizer.prompt_ids(prompt)))
