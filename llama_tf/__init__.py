@@ -36,6 +36,7 @@ Modules:
 - `llama_tf.quiet`: The native libraries' start-up log lines kept out of sessions, notebooks and command lines.
 - `llama_tf.rope`: RoPE's frequencies in NumPy: θ_i = theta^(-2i / head_dim) for each feature pair, and their rescaling for long contexts (Llama 3.1 and 3.2; notebook 11).
 - `llama_tf.sampling`: Choosing each next token: greedy decoding and sampling shaped by temperature, top-k and top-p, reproducible for a seed.
+- `llama_tf.speculative`: Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a small draft model proposes `draft_tokens` tokens one at a time, the target model scores them all in one call, and the longest run it agrees with is kept, with one token of its own after it. Each round costs the target one call for up to `draft_tokens + 1` tokens.
 - `llama_tf.structure`: A LLaMA model's structure, named once: its tensors under Meta's names with their shapes, and which projections model parallelism splits along their outputs or their inputs.
 - `llama_tf.tokenizers.byte_pair_ops`: Llama 3's byte-level BPE as TensorFlow ops, for a graph that tokenizes without Python (a SavedModel).
 - `llama_tf.tokenizers.embedded_tokenizers`: Tokenizers stored in other projects' files, run as the package's kinds: a GGUF file's vocabulary and llama2.c's `tokenizer.bin`. `Tokenizer("model.gguf")` and `Tokenizer("tokenizer.bin")` work alone.

@@ -74,7 +74,7 @@ def compiled_step(model: keras.Model):
         def step(ids, cache, index, start):
             return call_with_cache(model, ids, new_cache(model, ids.shape[0], 0) if cache is None else cache,
                                    index, start)
-        return _jit_with_weights(model, step, donated=1)
+        return jit_with_weights(model, step, donated=1)
     if backend == "torch":
         def eager(ids, cache, index, start):
             tensor = keras.ops.convert_to_tensor
@@ -116,10 +116,10 @@ def compiled_greedy_steps(model: keras.Model):
         tokens = jax.numpy.zeros((n, ids.shape[0]), "int32")
         _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
         return tokens, cache
-    return _jit_with_weights(model, steps, donated=1, static=4)
+    return jit_with_weights(model, steps, donated=1, static=4)
 
 
-def _jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = None):
+def jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = None):
     """`jax.jit` of `fn(*args)`, which calls `model`, with the model's weights passed in as arguments
     (bound by a `keras.StatelessScope`) rather than baked into the program as constants. `fn`'s
     argument number `donated` gives its buffers to the result; number `static` is a Python value."""

@@ -179,7 +179,8 @@ class LLM:
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 20, temperature: float = 0.0,
                  seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0,
-                 stop: str | Sequence[str] = (), stream: bool = False) -> str | list[str] | Iterator[str]:
+                 stop: str | Sequence[str] = (), stream: bool = False, draft: LLM | None = None,
+                 draft_tokens: int = 4) -> str | list[str] | Iterator[str]:
         """Continuation of `prompt`: the text that follows it, so `prompt + result` reads on.
 
         Greedy by default; `temperature` > 0 samples, optionally from the `top_k` most likely tokens
@@ -187,6 +188,10 @@ class LLM:
         the end of text (`</s>`; for Llama 3 also its end of turn), after `max_new_tokens`, when the context is full, or at the first of the `stop`
         strings (which is left out). A list of prompts returns a list, each continuation as it would be
         alone. `stream=True` (one prompt) returns an iterator over pieces of text as they are generated.
+
+        `draft`: a smaller model with the same tokenizer that proposes `draft_tokens` tokens at a time for
+        this one to check in one call (speculative decoding, `llama_tf.speculative`): the same text greedy,
+        the same distribution sampled, fewer calls of this model. Prompts then go one at a time.
         """
         stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) \
             else [] if stop is None else [stop]
@@ -198,9 +203,16 @@ class LLM:
             raise ValueError("prompt must be a string or a list of strings")
         if stream and not single:
             raise ValueError("stream=True generates one prompt at a time; pass a string")
+        if draft is not None and not single:
+            return [self.generate(p, max_new_tokens, temperature, seed, top_k=top_k, top_p=top_p, stop=stop,
+                                  draft=draft, draft_tokens=draft_tokens) for p in prompts]
         rows = [self.tokenizer.prompt_ids(p) for p in prompts]
-        steps = self.decoder(rows, max_new_tokens, Sampler(temperature, top_k, top_p, seed), self.tokenizer.stop_ids,
-                             self.tokenizer.vocab_size)   # text: only ids the tokenizer can write out
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        if draft is None:
+            steps = self.decoder(rows, max_new_tokens, sampler, self.tokenizer.stop_ids,
+                                 self.tokenizer.vocab_size)   # text: only ids the tokenizer can write out
+        else:
+            steps = self._speculative(rows[0], max_new_tokens, sampler, draft, draft_tokens)
         streams = [TextStream(self.tokenizer, ids, stops) for ids in rows]
         if stream:
             return self._stream(steps, streams[0])
@@ -234,6 +246,20 @@ class LLM:
             return self._stream(steps, reply)
         reply.extend(self._collect(steps, 1)[0])
         return reply.text
+
+    def _speculative(self, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, draft: LLM,
+                     draft_tokens: int) -> Iterator[np.ndarray]:
+        "`generate`'s steps with a draft model (`llama_tf.speculative`)."
+        from llama_tf.speculative import speculative_steps
+
+        if not isinstance(draft, LLM):
+            raise ValueError(f"draft must be an LLM (llama_tf.load), got {type(draft).__name__}")
+        if (draft.tokenizer.vocab_size, draft.tokenizer.encode("Hello, world")) != \
+                (self.tokenizer.vocab_size, self.tokenizer.encode("Hello, world")):
+            raise ValueError("the draft model must share this model's tokenizer (its ids mean the same tokens)")
+        capacity = min(self.config.max_seq_len, draft.config.max_seq_len)
+        return speculative_steps(self.model, draft.model, prompt_ids, min(max_new_tokens, capacity), sampler,
+                                 self.tokenizer.stop_ids, self.tokenizer.vocab_size, draft_tokens, capacity)
 
     @staticmethod
     def _collect(steps: Iterator, n_rows: int) -> list[list[int]]:

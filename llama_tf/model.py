@@ -94,11 +94,12 @@ def new_cache(model: Llama, batch: int, max_len: int) -> list:
     return cache
 
 
-def call_with_cache(model: Llama, token_ids, cache: list, cache_index, start):
+def call_with_cache(model: Llama, token_ids, cache: list, cache_index, start, every_position: bool = False):
     """A `Llama` model on token_ids (batch, seq), written to cache slots cache_index, ...,
     cache_index + seq - 1. start (batch,): the slot where each row's tokens begin (left padding
     before it is invisible, and positions count from it). Returns the float32 logits of the last
-    position (batch, vocab) and the updated cache."""
+    position (batch, vocab), or of every position (batch, seq, vocab) with `every_position` (to check
+    several proposed tokens in one call), and the updated cache."""
     attention = model.blocks[0].attention
     slots = cache_index + ops.arange(ops.shape(token_ids)[1])                    # (seq,)
     angles = rope_angles(slots - start[:, None], attention.head_dim, attention.rope_theta,
@@ -109,7 +110,7 @@ def call_with_cache(model: Llama, token_ids, cache: list, cache_index, start):
     for block, layer_cache in zip(model.blocks, cache):
         h, layer_cache = block(h, cache=layer_cache, cache_index=cache_index, angles=angles, start=start)
         updated.append(layer_cache)
-    h = model.norm(h[:, -1:])
+    h = model.norm(h if every_position else h[:, -1:])
     output = model.output_projection
     logits = model.tok_embeddings(h, reverse=True) if output is None else output(h)
-    return ops.cast(logits[:, 0], "float32"), updated
+    return ops.cast(logits if every_position else logits[:, 0], "float32"), updated
