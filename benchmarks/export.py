@@ -5,8 +5,9 @@ in the same run.
 
 The shipped model (float32), TensorFlow backend. Routes: `llm.generate` (the Keras model's `Decoder`), the
 SavedModel's `serving_default` signature (tokenizer and `tf.while_loop` in one graph, loaded back with
-`tf.saved_model.load`), and the LiteRT file (float32 and dynamic-range int8) run by `ai_edge_litert`'s
-interpreter through `llama_tf.litert.generate_litert`. Each route continues the same prompt greedily by
+`tf.saved_model.load`), the LiteRT file (float32 and dynamic-range int8) run by `ai_edge_litert`'s
+interpreter through `llama_tf.litert.generate_litert`, and the LiteRT-LM bundle run by Google's runtime
+(`litert_lm.Engine`, top-k 1, its own tokenizer, prefill and decode loop). Each route continues the same prompt greedily by
 `--new-tokens` tokens (the prompt is chosen to reach no stop token), once to warm up (compiling, tracing),
 then `--runs` times; tokens/s = new tokens ÷ the median time, prefill included.
 """
@@ -39,6 +40,19 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def litert_lm_run(bundle: Path, prompt: str, n: int):
+    "A call that continues `prompt` greedily by `n` tokens in LiteRT-LM's runtime and returns the text."
+    import litert_lm
+
+    engine = litert_lm.Engine(str(bundle))
+
+    def run():
+        with engine.create_session(sampler_config=litert_lm.SamplerConfig(top_k=1), max_output_tokens=n) as session:
+            session.run_prefill([prompt])
+            return session.run_decode().texts[0]
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", default="ROMEO:")
@@ -61,6 +75,7 @@ def main():
         saved = llm.export(folder / "saved" / "1")
         f32 = llm.export(folder / "model.tflite", format="litert")
         int8 = llm.export(folder / "model_int8.tflite", format="litert", quantize="int8")
+        bundle = llm.export(folder / "model.litertlm", format="litert_lm")
         serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
         routes = {
             "keras_generate": (None, lambda: llm.generate(args.prompt, n)),
@@ -68,6 +83,7 @@ def main():
                                                  max_new_tokens=tf.constant(n))["text"].numpy()[0].decode()),
             "litert_float32": (f32, lambda: generate_litert(f32, llm.tokenizer, args.prompt, n)),
             "litert_int8": (int8, lambda: generate_litert(int8, llm.tokenizer, args.prompt, n)),
+            "litert_lm": (bundle, litert_lm_run(bundle, args.prompt, n)),
         }
         for name, (path, run) in routes.items():
             text = run()

@@ -130,7 +130,8 @@ def test_export_figures_are_the_committed_results():
     assert all(r["same_text_as_generate"] for r in rows.values())
     claims = [f"| Keras `generate` (TensorFlow) | | {base:.1f} | 1.00 | |"]
     for route, name in (("saved_model", "SavedModel, `serving_default`"),
-                        ("litert_float32", "LiteRT float32, `generate_litert`"), ("litert_int8", "LiteRT int8")):
+                        ("litert_float32", "LiteRT float32, `generate_litert`"), ("litert_int8", "LiteRT int8"),
+                        ("litert_lm", "LiteRT-LM bundle, Google's runtime")):
         r = rows[route]
         claims.append(f"| {name} | {r['bytes'] / 1e6:.1f} MB | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f} | yes |")
     for claim in claims:

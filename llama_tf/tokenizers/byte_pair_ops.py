@@ -60,7 +60,6 @@ class BytePairOps:
     def tokenize(self, text):
         "A batch of strings (`tf.string` [batch]) -> `tf.RaggedTensor` (batch, None) of int32 ids."
         import tensorflow as tf
-        import tensorflow_text as tf_text
 
         text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")   # as `_text` reads bytes
         segments = self.segments(text)                                                   # (batch, segments)
@@ -76,7 +75,6 @@ class BytePairOps:
         """Each string cut before the last character of every whitespace run that is longer than one
         character, followed by something else, and not ended by a newline: where Meta's `\\s+(?!\\S)` ends."""
         import tensorflow as tf
-        import tensorflow_text as tf_text
 
         runs = _split(text, f"{_S}+")   # whitespace runs and what lies between them
         parts = runs.flat_values
