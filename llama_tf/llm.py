@@ -258,7 +258,7 @@ class LLM:
                 (self.tokenizer.vocab_size, self.tokenizer.encode("Hello, world")):
             raise ValueError("the draft model must share this model's tokenizer (its ids mean the same tokens)")
         capacity = min(self.config.max_seq_len, draft.config.max_seq_len)
-        return speculative_steps(self.model, draft.model, prompt_ids, min(max_new_tokens, capacity), sampler,
+        return speculative_steps(self.model, draft.model, prompt_ids, max_new_tokens, sampler,   # it stops at capacity
                                  self.tokenizer.stop_ids, self.tokenizer.vocab_size, draft_tokens, capacity)
 
     @staticmethod
