@@ -20,6 +20,7 @@ Modules:
 - `llama_tf.formats.meta`: Meta's layout: `params.json` + `consolidated.00.pth` … `consolidated.NN.pth` (model-parallel shards), read into a `Checkpoint`.
 - `llama_tf.formats.staging`: Writing a checkpoint atomically as a whole, privately to its writer.
 - `llama_tf.generation`: Text generation: the compiled prefill/decode step, sampling, and text that streams as tokens arrive.
+- `llama_tf.ggml_blocks`: llama.cpp's 4-, 5- and 6-bit block formats: their layout, cost and quantisation, and a weights format that holds a GGUF file's blocks as stored.
 - `llama_tf.keras_internals`: The private Keras API llama_tf cannot do without, in one place: each use has a name here, and `tests/test_keras_internals.py` fails loudly when a Keras upgrade moves one.
 - `llama_tf.layers.attention`: Causal self-attention as LLaMA computes it: rotary position embeddings, grouped-query heads, and a key/value cache for generation.
 - `llama_tf.layers.feed_forward`: LLaMA's gated feed-forward network, `w2(silu(w1 x) * w3 x)`, and Meta's rule for its hidden width.

@@ -51,8 +51,9 @@ def parser() -> ArgumentParser:
     v.add_argument("source", help="any checkpoint llama_tf reads (folder, .safetensors, .pth, .gguf)")
     v.add_argument("destination", help="a folder (Hugging Face) or a .gguf file")
     v.add_argument("--to", choices=["hf", "gguf"], help="default: gguf for a .gguf destination, else hf")
-    v.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "q8_0"],
-                   help="precision of the matrices (default float32; q8_0: GGUF only)")
+    v.add_argument("--dtype", default="float32",
+                   choices=["float32", "float16", "bfloat16", "q8_0", "q4_0", "q5_0", "q5_1", "q4_k"],
+                   help="precision of the matrices (default float32; q8_0 and the 4- and 5-bit blocks: GGUF only)")
     v.add_argument("--tokenizer", help="tokenizer file (default: the one beside SOURCE, or inside a GGUF)")
 
     x = sub.add_parser("export", help="write a model as a TensorFlow SavedModel that answers strings with text, "

@@ -147,18 +147,18 @@ class Decoder:
         12). XLA removes the graph's per-op overhead but its CPU products are slower. Measured on 2 cores,
         batch 1 (tokens/s, XLA's against the graph's with the ops): 44 against 37 at 134M parameters in
         float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
-        default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with Q8_0
-        weights (`LLM.quantize`) except in a batch of one with the ops built: otherwise the graph would
-        dequantise every block every step."""
+        default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with
+        quantised weights (Q8_0 or llama.cpp's 4- to 6-bit blocks: `LLM.quantize`, `dtype="gguf"`) except
+        in a batch of one with the ops built: otherwise the graph would dequantise every block every step."""
         self.model, self.max_seq_len = model, max_seq_len
         tensorflow = keras.backend.backend() == "tensorflow"
-        q8_0 = any(layer.weights_format == "q8_0" for layer in projections(model))
+        quantized = any(layer.format.quantized for layer in projections(model))
         default = xla is None
         if default and tensorflow:
             xla = model.blocks[0].attention.compute_dtype == "float32" and (
-                q8_0 or model.count_params() < XLA_MAX_PARAMETERS)
+                quantized or model.count_params() < XLA_MAX_PARAMETERS)
         self.in_place = bool(xla) and tensorflow
-        self.one_row_in_graph = default and self.in_place and q8_0 and kernels.tensorflow_ops() is not None
+        self.one_row_in_graph = default and self.in_place and quantized and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).

@@ -22,6 +22,7 @@ from llama_tf.loading import build_model
 from llama_tf.chat import named_for_chat
 from llama_tf.config import LlamaConfig
 from llama_tf.generation import Decoder, TextStream
+from llama_tf.ggml_blocks import BLOCK_TYPES, FALLBACK, QUANTIZERS
 from llama_tf.sampling import Sampler
 from llama_tf.tokenizers.search import open_tokenizer
 from llama_tf.tokenizers.tokenizer import Tokenizer
@@ -29,7 +30,8 @@ from llama_tf.tokenizers.tokenizer import Tokenizer
 __all__ = ["LLM", "load", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_ENV = "LLAMA_TF_WEIGHTS"
-DTYPES = ("float32", "float16", "bfloat16", "q8_0")
+DTYPES = ("float32", "float16", "bfloat16", "q8_0", "gguf")
+QUANTIZE_MODES = ("q8_0", *QUANTIZERS)   # what `LLM.quantize` rounds weights to
 ATTENTION_IMPLS = ("reference", "tiled", "fused")
 # The model this project trains and ships (weights/shakespeare, weights/README.md), used when no checkpoint
 # is named: `llama_tf/default_model` links to it in a clone, and a wheel carries its files there.
@@ -45,8 +47,9 @@ def load(path: str | Path | None = None, *, tokenizer: str | Path | Tokenizer | 
     (`weights/shakespeare`). The tokenizer is found beside the weights unless given. Weights of any
     stored precision are cast to `dtype` (computation stays float32 where it matters: norms, RoPE,
     softmax); `dtype="q8_0"` computes in float32 with every projection held as Q8_0 blocks (see
-    `LLM.quantize`), those of a Q8_0 GGUF read as stored. `attention_impl="tiled"` computes attention over prompts longer than `block_size` tokens
-    tile by tile (notebook 10): memory grows linearly with the prompt instead of quadratically;
+    `LLM.quantize`), those of a Q8_0 GGUF read as stored; `dtype="gguf"` (a GGUF file) keeps every projection
+    in the file's own type, Q4_K_M's 4- and 6-bit blocks as they are (notebook 15). `attention_impl="tiled"`
+    computes attention over prompts longer than `block_size` tokens tile by tile (notebook 10): memory grows linearly with the prompt instead of quadratically;
     `attention_impl="fused"` sends prompts to the backend's fused kernel (cuDNN's flash attention on a
     JAX GPU: twice the 2,048-token prefill there, `benchmarks/README.md`). `mesh` (JAX, a
     `llama_tf.device_mesh(...)`) splits the weights over several devices (`llama_tf.distribution`).
@@ -92,15 +95,23 @@ class LLM:
     _decoder: Decoder | None = field(default=None, init=False, repr=False)
 
     def quantize(self, mode: str = "q8_0") -> LLM:
-        """Store every projection's weights as Q8_0 blocks (llama.cpp's 8-bit format: a float16 scale per 32
-        weights), in place: a quarter of float32's bytes, which a one-token step on the JAX backend's CPU
-        reads with llama_tf's compiled kernel. For inference (the blocks are not trained). Returns self."""
-        from llama_tf.layers.projection import projections
+        """Store every projection's weights in llama.cpp's blocks, in place: "q8_0" (a float16 scale per 32
+        weights, a quarter of float32's bytes), "q4_0", "q5_0", "q5_1" or "q4_k" (4 to 6 bits a weight,
+        notebook 15; as llama.cpp does, a layer whose input width is not a multiple of q4_k's 256 gets
+        q5_0). A one-token step reads them with llama_tf's compiled kernels (JAX on a CPU, and
+        TensorFlow's graph step). For inference (the blocks are not trained). Returns self."""
+        from llama_tf.layers.projection import projections, weight_format
 
-        if mode != "q8_0":
-            raise ValueError(f"LLM.quantize knows 'q8_0', not {mode!r}")
-        for layer in projections(self.model):
-            layer.to_format("q8_0")
+        if mode not in QUANTIZE_MODES:
+            raise ValueError(f"LLM.quantize knows {', '.join(QUANTIZE_MODES)}, not {mode!r}")
+        layers = projections(self.model)
+        formats = {}
+        for layer in layers:   # every width checked before any layer changes
+            fits = mode not in FALLBACK or layer.in_features % BLOCK_TYPES[mode].weights == 0
+            formats[layer] = mode if fits else FALLBACK[mode]
+            weight_format(formats[layer]).check(layer, layer.in_features)
+        for layer in layers:
+            layer.to_format(formats[layer])
         self._decoder = None   # its compiled steps hold the float weights
         return self
 

@@ -24,29 +24,36 @@ from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_
 from llama_tf.formats.hf import write_hf
 from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
 from llama_tf.layers.projection import Projection, projections
+from llama_tf.ggml_blocks import BLOCK_TYPES, quantize_blocks, scale_fields
 from llama_tf.q8_0 import quantize_q8_0
 from llama_tf.quiet import float16_notice_dropped
 from llama_tf.structure import BLOCK_NORMS, BLOCK_PROJECTIONS
 
-__all__ = ["build_model", "model_variables", "model_state", "backend_tensor",
+__all__ = ["build_model", "model_variables", "model_projections", "stored_formats", "model_state", "backend_tensor",
            "save_hf_checkpoint"]
 
 
 def model_variables(model) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
     A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a "float_out_in"
-    weight is (out, in), as the file's; a projection that holds Q8_0 blocks appears as the layer itself
-    (its blocks are (out, in) too)."""
+    weight is (out, in), as the file's; a projection that holds quantised blocks (Q8_0, or llama.cpp's 4- to
+    6-bit ones) appears as the layer itself (its blocks are (out, in) too)."""
     table = {"tok_embeddings.weight": (model.tok_embeddings.embeddings, False),
              "norm.weight": (model.norm.weight, False)}
-    if model.output_projection is not None:
-        table["output.weight"] = _projection_weights(model.output_projection)
+    table.update({name: _projection_weights(layer) for name, layer in model_projections(model).items()})
+    for i, block in enumerate(model.blocks):
+        for norm in BLOCK_NORMS:
+            table[f"layers.{i}.{norm}.weight"] = (getattr(block, norm).weight, False)
+    return table
+
+
+def model_projections(model) -> dict[str, Projection]:
+    "Meta tensor name -> the `Projection` that holds it."
+    table = {} if model.output_projection is None else {"output.weight": model.output_projection}
     for i, block in enumerate(model.blocks):
         for sub, names in BLOCK_PROJECTIONS.items():
             for proj in names:
-                table[f"layers.{i}.{sub}.{proj}.weight"] = _projection_weights(getattr(getattr(block, sub), proj))
-        for norm in BLOCK_NORMS:
-            table[f"layers.{i}.{norm}.weight"] = (getattr(block, norm).weight, False)
+                table[f"layers.{i}.{sub}.{proj}.weight"] = getattr(getattr(block, sub), proj)
     return table
 
 
@@ -153,6 +160,20 @@ def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
             raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
         return q, scales
 
+    def load_blocks(name, layer):
+        "The blocks as the file stores them, if it stores this layer's type, else the tensor quantised."
+        ref, block_type = tensors[name], BLOCK_TYPES[layer.weights_format]
+        expected = (layer.units, layer.in_features)
+        if ref.load_blocks is not None and ref.block_type == block_type.name:
+            if ref.shape is not None and tuple(ref.shape) != expected:
+                raise shape_error(name, ref, tuple(ref.shape), expected, config)
+            blocks = ref.load_blocks()
+        else:
+            blocks = quantize_blocks(read(name, expected), block_type)
+        if _has_non_finite(scale_fields(blocks, block_type)):
+            raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
+        return backend_tensor(blocks)
+
     def q8_0_pair(name, layer):
         "Loaders of the weights and of the scales: the first read keeps the (small) scales for the second."
         held = {}
@@ -164,9 +185,11 @@ def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
 
     loaders = {}
     for name, (variable, transposed) in table.items():
-        if isinstance(variable, Projection):   # one tensor, two variables
+        if isinstance(variable, Projection) and variable.weights_format == "q8_0":   # one tensor, two variables
             weights, scales = q8_0_pair(name, variable)
             loaders[name], loaders[f"{name} (scales)"] = (variable.q8_weights, weights), (variable.q8_scales, scales)
+        elif isinstance(variable, Projection):
+            loaders[name] = (variable.blocks, partial(load_blocks, name, variable))
         else:
             loaders[name] = (variable, partial(load, name, variable, transposed))
     return loaders
@@ -185,6 +208,9 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     `DeviceMesh`, JAX only), the weights are split over its devices by `llama_tf.distribution`'s
     layout, each tensor going from the file straight to its shards. `dtype="q8_0"`: a float32 model
     whose projections hold Q8_0 blocks, read as stored from a Q8_0 GGUF, else quantised tensor by tensor.
+    `dtype="gguf"` (a GGUF file): a float32 model whose projections hold each tensor in the file's own
+    type (Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K blocks as stored; F32, F16, BF16 in float32); the
+    embedding table is dequantised to float32.
     `dtype="bfloat16"` (without a mesh): projections hold their weights (out, in), as the file does
     ("float_out_in"), which the one-token kernel reads fastest (notebook 12).
 
@@ -199,9 +225,12 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     validate(checkpoint)
     if keras.backend.backend() == "tensorflow":
         float16_notice_dropped()   # TensorFlow's one-time float16 notice on this CPU, before a weight needs it
-    q8_0 = dtype == "q8_0"
-    if q8_0 and mesh is not None:
-        raise ValueError("Q8_0 weights run on one CPU; load a float dtype to split a model over a mesh")
+    quantized = dtype in ("q8_0", "gguf")
+    if quantized and mesh is not None:
+        raise ValueError(f"{dtype} weights run on one CPU; load a float dtype to split a model over a mesh")
+    if dtype == "gguf" and checkpoint.format != "gguf":
+        raise ValueError(f"dtype='gguf' keeps a GGUF file's tensors in their stored types; this checkpoint is "
+                         f"{checkpoint.format!r} (load it with a float dtype, or 'q8_0')")
     distribution = contextlib.nullcontext()
     if mesh is not None:
         from llama_tf.distribution import model_parallel
@@ -210,10 +239,12 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     bar = None
     try:
         with distribution, keras.StatelessScope():   # variables created in here are initialised when it exits
-            model = build_llama(config, dtype="float32" if q8_0 else dtype, **options)
-            weights_format = "q8_0" if q8_0 else "float_out_in" if dtype == "bfloat16" and mesh is None else None
-            if weights_format:
-                _use_format(model, pending_variables(), weights_format)
+            model = build_llama(config, dtype="float32" if quantized else dtype, **options)
+            if dtype == "gguf":
+                _use_formats(model, pending_variables(), stored_formats(model, checkpoint.tensors))
+            elif dtype == "q8_0" or (dtype == "bfloat16" and mesh is None):
+                formats = "q8_0" if dtype == "q8_0" else "float_out_in"
+                _use_formats(model, pending_variables(), {layer: formats for layer in projections(model)})
             loaders = _checked_loaders(model, checkpoint.tensors)
             bar = _progress(config, len(loaders), progress)
             for variable, load in loaders.values():
@@ -232,14 +263,21 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     return model
 
 
-def _use_format(model, pending: list, weights_format: str):
-    """Switch every projection of a model whose variables are not yet initialised (`pending`) to
-    `weights_format` (`Projection.use_format`)."""
-    layers = projections(model)
-    kernels = {id(layer.kernel) for layer in layers}
+def stored_formats(model, tensors: Mapping[str, TensorRef]) -> dict:
+    """Projection -> the weights format that holds its tensor as the file stores it: "q8_0", a block type
+    (`llama_tf.ggml_blocks.BLOCK_TYPES`), else "float"."""
+    return {layer: "q8_0" if tensors[name].load_q8_0 is not None else tensors[name].block_type or "float"
+            for name, layer in model_projections(model).items() if name in tensors}
+
+
+def _use_formats(model, pending: list, formats: dict):
+    """Switch projections of a model whose variables are not yet initialised (`pending`) to their weights
+    format in `formats` (layer -> name; `Projection.use_format`)."""
+    changed = [layer for layer, name in formats.items() if name != layer.weights_format]
+    kernels = {id(layer.kernel) for layer in changed}
     pending[:] = [variable for variable in pending if id(variable) not in kernels]   # never initialised
-    for layer in layers:
-        layer.use_format(weights_format)
+    for layer in changed:
+        layer.use_format(formats[layer])
 
 
 def _initial_value(load, bar, shape, dtype, layout=None):

@@ -31,6 +31,8 @@ class TensorRef(NamedTuple):
     load: Callable[[], np.ndarray]   # reads it (Meta orientation and RoPE layout)
     shape: tuple | None = None       # its shape, when the file says it without reading the data
     load_q8_0: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None   # a Q8_0 tensor's blocks as stored
+    block_type: str | None = None    # a tensor stored in one of `llama_tf.ggml_blocks.BLOCK_TYPES`: its name
+    load_blocks: Callable[[], np.ndarray] | None = None   # ... and its blocks as stored, uint8 (rows, row bytes)
 
 
 class Checkpoint(NamedTuple):

@@ -2,12 +2,13 @@
 
 The configuration comes from the metadata (`llama.embedding_length`, `llama.block_count`, …, RoPE θ
 and scaling); the tensors are memory-mapped and dequantised one at a time when the model asks for
-them (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), so the whole model is never in float32 at once.
+them (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), so the whole model is never in float32
+at once; or, for `llama_tf.load(..., dtype="gguf")`, read as stored (Q8_0 and the 4- to 6-bit blocks).
 llama.cpp keeps q/k rows in Meta's interleaved RoPE order, so they need no permutation. Llama 3.1's
 rescaled RoPE is stored as a `rope_freqs` tensor of per-pair divisors; it is read back as the llama3
 rule it came from. `tokenizer_file` rebuilds the tokenizer the file carries
-(`llama_tf.tokenizers.embedded_tokenizers` runs it), and `write_gguf` writes a model (F32, F16, BF16 or
-Q8_0) that llama.cpp runs, its vocabulary given as plain data (`GGUFVocabulary`). No Keras, layer or
+(`llama_tf.tokenizers.embedded_tokenizers` runs it), and `write_gguf` writes a model (F32, F16, BF16,
+Q8_0, Q4_0, Q5_0, Q5_1 or Q4_K) that llama.cpp runs, its vocabulary given as plain data (`GGUFVocabulary`). No Keras, layer or
 tokenizer class is imported here.
 """
 
@@ -29,13 +30,14 @@ from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_a
 from llama_tf.formats.gguf_header import check_gguf_header
 from llama_tf.formats.staging import staged_file
 from llama_tf.config import LlamaConfig
+from llama_tf.ggml_blocks import BLOCK_TYPES, FALLBACK, quantize_blocks
 from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
 from llama_tf.q8_0 import split_q8_0
 from llama_tf.rope import rope_frequencies
 
 __all__ = ["read_gguf", "write_gguf", "GGUFVocabulary", "SUPPORTED_TYPES", "WRITE_TYPES"]
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 _TOP = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"}
 _LAYER = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
           "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
@@ -132,6 +134,11 @@ def _load_q8_0(path: Path, offset: int, n_bytes: int, shape: tuple[int, int]) ->
     return split_q8_0(raw, *shape)
 
 
+def _load_blocks(path: Path, offset: int, n_bytes: int, rows: int) -> np.ndarray:
+    "A tensor in 4- to 6-bit blocks as stored: uint8 (rows, bytes of a row)."
+    return read_array(path, offset, n_bytes, np.uint8).reshape(rows, -1)
+
+
 def read_gguf(path: Path) -> Checkpoint:
     "The configuration and lazily dequantised tensors (under Meta's names) of a llama GGUF file."
     import gguf
@@ -159,9 +166,12 @@ def read_gguf(path: Path) -> Checkpoint:
             vocab_rows = int(tensor.shape[-1])
         shape = tuple(int(n) for n in reversed(tensor.shape))             # GGML lists the fastest axis first
         where = (path, int(tensor.data_offset), int(tensor.n_bytes))
-        blocks = partial(_load_q8_0, *where, shape) if tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0 else None
+        q8_0 = partial(_load_q8_0, *where, shape) if tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0 else None
+        block_type = tensor.tensor_type.name.lower() if tensor.tensor_type.name.lower() in BLOCK_TYPES else None
+        blocks = partial(_load_blocks, *where, shape[0]) if block_type and len(shape) == 2 else None
         tensors[meta_name] = TensorRef(f"{tensor.name} in {path.name}",
-                                       partial(_load_tensor, *where, tensor.tensor_type, shape), shape, blocks)
+                                       partial(_load_tensor, *where, tensor.tensor_type, shape), shape, q8_0,
+                                       block_type, blocks)
     if unknown:
         raise CheckpointError(f"{path}: tensors that are not part of a LLaMA model: {unknown[:3]}")
     if vocab_rows is None:
@@ -314,7 +324,9 @@ def _tokenizer_json(path, reader, tokens, types) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
-WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0")
+WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q5_1", "Q4_K")
+_FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0",
+               "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1", "Q4_K": "MOSTLY_Q4_K_S"}
 
 
 @dataclass(frozen=True)
@@ -332,7 +344,8 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
                dtype: str = "F32") -> Path:
     """A llama GGUF file at `path`: `config` as metadata, `tensors` (Meta names -> functions returning
     NumPy arrays in Meta's orientation and RoPE layout) in llama.cpp's names, matrices stored as `dtype`
-    (F32, F16, BF16 or Q8_0; norms stay F32), Llama 3 rescaling as `rope_freqs`, and the `vocabulary`.
+    (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1 or Q4_K, a matrix whose rows are not whole Q4_K super-blocks in
+    llama.cpp's fallback, Q5_0; norms stay F32), Llama 3 rescaling as `rope_freqs`, and the `vocabulary`.
     Streamed one tensor at a time into this writer's own stage beside `path` (`staged_file`), renamed
     when complete: an interrupted write leaves the old file, two writers leave one's whole file."""
     import gguf
@@ -359,9 +372,11 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
                     / np.asarray(rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)))
         plan.append(("rope_freqs.weight", divisors.shape, gguf.GGMLQuantizationType.F32,
                      lambda d=divisors.astype("float32"): d))
+    fallback = getattr(gguf.GGMLQuantizationType, FALLBACK.get(dtype.lower(), dtype).upper())
     for name, load in tensors.items():
         shape = shapes[name]
-        plan.append((target(name), shape, kind if len(shape) == 2 else gguf.GGMLQuantizationType.F32, load))
+        stored = kind if shape[-1] % gguf.GGML_QUANT_SIZES[kind][0] == 0 else fallback
+        plan.append((target(name), shape, stored if len(shape) == 2 else gguf.GGMLQuantizationType.F32, load))
 
     def encoded(array: np.ndarray, stored) -> np.ndarray:
         array = np.ascontiguousarray(array, dtype="float32")
@@ -371,6 +386,8 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
             return array.astype(np.float16)
         if stored == gguf.GGMLQuantizationType.BF16:
             return array.astype(ml_dtypes.bfloat16).view(np.uint16)
+        if stored.name.lower() in BLOCK_TYPES:
+            return quantize_blocks(array, BLOCK_TYPES[stored.name.lower()])
         return gguf.quants.quantize(array, stored)
 
     with staged_file(path, CheckpointError) as stage:
@@ -389,8 +406,7 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
             if config.rope_scaling and config.rope_scaling["rope_type"] == "linear":
                 writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
                 writer.add_rope_scaling_factor(config.rope_scaling["factor"])
-            writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-                                  "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+            writer.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPES[dtype]))
             _write_vocabulary(writer, vocabulary)
             for name, shape, stored, _ in plan:
                 n_bytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, stored)))

@@ -32,14 +32,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "attend_one", "build_tensorflow",
+__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "matvec_blocks", "attend_one", "build_tensorflow",
            "tensorflow_ops", "graph_step", "in_graph_step"]
 
 FOLDER = Path(__file__).parent
 SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]            # the JAX library
-HEADERS = [FOLDER / "common.h", FOLDER / "matvec.h", FOLDER / "xla_ffi.h"]
+HEADERS = [FOLDER / "common.h", FOLDER / "matvec.h", FOLDER / "blocks.h", FOLDER / "xla_ffi.h"]
 TENSORFLOW_SOURCES = [FOLDER / "tf_ops.cc"]                          # the TensorFlow ops
-TARGETS = ("llama_tf_matvec", "llama_tf_matvec_q8_0", "llama_tf_attend_one")
+TARGETS = ("llama_tf_matvec", "llama_tf_matvec_q8_0", "llama_tf_matvec_blocks", "llama_tf_attend_one")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
 
@@ -140,7 +140,7 @@ def available() -> bool:
 
 @functools.cache
 def tensorflow_ops():
-    """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`), built and loaded once per process;
+    """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`, `llama_tf_matvec_blocks`), built and loaded once per process;
     None, after a one-line warning, where they cannot be, or without one under LLAMA_TF_KERNELS=0."""
     if os.environ.get(SWITCH) == "0":
         return None
@@ -217,6 +217,20 @@ def matvec_q8_0(x, q, scales):
 
     out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), x.dtype)
     return jax.ffi.ffi_call("llama_tf_matvec_q8_0", out)(x, q, scales)
+
+
+def matvec_blocks(x, w, ggml_type: int):
+    """x (m, k) · Wᵀ for W's n rows stored as llama.cpp's blocks of GGML type `ggml_type` (Q4_0 2, Q5_0 6,
+    Q5_1 7, Q4_K 12, Q5_K 13, Q6_K 14; `kernels/blocks.h`): uint8 W (n, bytes of a row), as GGUF stores it;
+    a JAX array (m, n) in x's dtype. Call only where `available()`. Given a TensorFlow tensor x,
+    TensorFlow's op instead, where `tensorflow_ops()`."""
+    if _tensorflow_tensor(x):
+        return tensorflow_ops().llama_tf_matvec_blocks(x, w, ggml_type=int(ggml_type))
+    import jax
+    import numpy as np
+
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[0]), x.dtype)
+    return jax.ffi.ffi_call("llama_tf_matvec_blocks", out)(x, w, ggml_type=np.int32(ggml_type))
 
 
 def attend_one(q, k, v, keys, values, index, start=None):

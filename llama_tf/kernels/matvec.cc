@@ -2,8 +2,11 @@
 //
 //   llama_tf_matvec       x (m, k); W float32 or bfloat16, (k, n), or (n, k) with the attribute out_in
 //   llama_tf_matvec_q8_0  x (m, k); int8 W (n, k); float16 scales (n, k/32)
+//   llama_tf_matvec_blocks  x (m, k); uint8 W (n, bytes of a row) in llama.cpp's blocks of the attribute
+//                         ggml_type (blocks.h: Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
 //
 // x and y are float32 or bfloat16 (y in x's type).
+#include "blocks.h"
 #include "matvec.h"
 #include "xla_ffi.h"
 
@@ -38,6 +41,19 @@ ffi::Error MatVecQ8_0(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, 
   return ffi::Error::Success();
 }
 
+ffi::Error MatVecBlocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                        int32_t ggml_type) {
+  auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || !float_type(x.element_type()) || w.element_type() != ffi::DataType::U8 ||
+      y->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("llama_tf_matvec_blocks: x (m, k) float32 or bfloat16, uint8 W (n, bytes)");
+  if (const char* why = blocks_mismatch(ggml_type, xd[1], wd[1]))
+    return ffi::Error::InvalidArgument(std::string("llama_tf_matvec_blocks: ") + why);
+  matvec_blocks(pool_of(pool), floats(x), static_cast<const uint8_t*>(w.untyped_data()), ggml_type, xd[0], xd[1],
+                wd[0], floats(*y));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(llama_tf_matvec, MatVec,
@@ -55,3 +71,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(llama_tf_matvec_q8_0, MatVecQ8_0,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(llama_tf_matvec_blocks, MatVecBlocks,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("ggml_type"));

@@ -3,8 +3,10 @@
 //
 //   LlamaTfMatvec     x (m, k) float32 or bfloat16; W float32 or bfloat16, (k, n), or (n, k) with out_in
 //   LlamaTfMatvecQ80  x (m, k); int8 W (n, k); float16 scales (n, k/32)
+//   LlamaTfMatvecBlocks  x (m, k); uint8 W (n, bytes of a row) in llama.cpp's blocks of type ggml_type (blocks.h)
 //
 // y (m, n) is in x's type. They run on TensorFlow's intra-op thread pool, with the calling thread.
+#include "blocks.h"
 #include "matvec.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -53,6 +55,14 @@ REGISTER_OP("LlamaTfMatvecQ80")
     .Attr("T: {float, bfloat16}")
     .SetShapeFn([](shape_inference::InferenceContext* c) { return product_shape(c, 1, 0); });
 
+REGISTER_OP("LlamaTfMatvecBlocks")
+    .Input("x: T")
+    .Input("w: uint8")
+    .Output("y: T")
+    .Attr("T: {float, bfloat16}")
+    .Attr("ggml_type: int")
+    .SetShapeFn([](shape_inference::InferenceContext* c) { return product_shape(c, 1, 0); });
+
 class MatvecOp : public OpKernel {
  public:
   explicit MatvecOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, c->GetAttr("out_in", &out_in_)); }
@@ -91,5 +101,27 @@ class MatvecQ8_0Op : public OpKernel {
   }
 };
 
+class MatvecBlocksOp : public OpKernel {
+ public:
+  explicit MatvecBlocksOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, c->GetAttr("ggml_type", &type_)); }
+
+  void Compute(OpKernelContext* c) override {
+    const Tensor &x = c->input(0), &w = c->input(1);
+    OP_REQUIRES(c, x.dims() == 2 && w.dims() == 2,
+                errors::InvalidArgument("LlamaTfMatvecBlocks: x (m, k), uint8 W (n, bytes of a row)"));
+    int64_t m = x.dim_size(0), k = x.dim_size(1), n = w.dim_size(0);
+    const char* why = llama_tf::blocks_mismatch(type_, k, w.dim_size(1));
+    OP_REQUIRES(c, !why, errors::InvalidArgument("LlamaTfMatvecBlocks: ", why));
+    Tensor* y;
+    OP_REQUIRES_OK(c, c->allocate_output(0, TensorShape({m, n}), &y));
+    llama_tf::matvec_blocks(pool_of(c), floats(x), reinterpret_cast<const uint8_t*>(w.tensor_data().data()), type_, m,
+                            k, n, floats(*y));
+  }
+
+ private:
+  int type_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("LlamaTfMatvec").Device(DEVICE_CPU), MatvecOp);
 REGISTER_KERNEL_BUILDER(Name("LlamaTfMatvecQ80").Device(DEVICE_CPU), MatvecQ8_0Op);
+REGISTER_KERNEL_BUILDER(Name("LlamaTfMatvecBlocks").Device(DEVICE_CPU), MatvecBlocksOp);
