@@ -253,3 +253,23 @@ def write_llama2c_tokenizer(tokenizer_proto: bytes, path: Path) -> Path:
             f.write(struct.pack("fI", score, len(token)))
             f.write(token)
     return path
+
+
+def random_blocks(block_type, rows: int, columns: int, rng) -> np.ndarray:
+    """uint8 (rows, row bytes) of random bytes in `block_type`'s blocks (`llama_tf.ggml_blocks.BLOCK_TYPES`):
+    every bit pattern is a valid block once its float16 scales are finite, so these are set to small numbers."""
+    raw = rng.integers(0, 256, (rows, columns // block_type.weights, block_type.bytes), dtype=np.uint8)
+    for at in {"q6_k": (208,), "q4_0": (0,), "q5_0": (0,)}.get(block_type.name, (0, 2)):
+        raw[..., at:at + 2] = rng.uniform(-0.02, 0.02, raw.shape[:2] + (1,)).astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def write_quantised_gguf(source: Path, target: Path, ftype: str) -> Path:
+    "The GGUF file `source` quantised by llama.cpp itself (`llama_model_quantize`) to LLAMA_FTYPE_MOSTLY_`ftype`."
+    import ctypes
+
+    llama_cpp = require("llama_cpp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    assert llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) == 0
+    return target

@@ -8,7 +8,6 @@ transformers to about 4e-4) and, where llama.cpp also rounds the activations it 
 Q8_0, K-quants), the size of that rounding.
 """
 
-import ctypes
 import shutil
 import struct
 import time
@@ -19,7 +18,7 @@ import pytest
 import llama_tf
 from llama_tf.formats import CheckpointError, read_checkpoint
 from conftest import require
-from reference import hf_logits, hf_model, max_relative_error, write_hf
+from reference import hf_logits, hf_model, max_relative_error, write_hf, write_quantised_gguf
 
 TOLERANCE = {"F32": 2e-3, "F16": 5e-3, "BF16": 2e-2, "Q8_0": 6e-2}
 SHAPE = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, intermediate_size=512,
@@ -96,13 +95,8 @@ def test_q8_0_weights_are_within_a_quantisation_step(hf, tmp_path):
                                              ("Q8_0", 0.06)])
 def test_llama_cpp_quantised_files(hf, tmp_path, token_ids, ftype, tolerance):
     "K-quants, which the gguf package cannot write: llama.cpp quantises our F32 file, llama_tf reads the result."
-    llama_cpp = require("llama_cpp")
     _, directory = hf
-    source = write_gguf(directory, tmp_path / "f32.gguf", "F32")
-    target = tmp_path / f"{ftype}.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    assert llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) == 0
+    target = write_quantised_gguf(write_gguf(directory, tmp_path / "f32.gguf", "F32"), tmp_path / f"{ftype}.gguf", ftype)
     stored = {t.tensor_type.name for t in require("gguf").GGUFReader(target).tensors}
     assert stored - {"F32"}, stored
     ours = np.asarray(llama_tf.load(target).model(token_ids))
@@ -169,12 +163,12 @@ def test_other_architectures_and_types_are_refused_by_name(tmp_path):
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     with pytest.raises(CheckpointError, match="GGUF architecture 'gpt2'; llama_tf reads 'llama'"):
         read_checkpoint(tmp_path / "gpt2.gguf")
-    writer = gguf.GGUFWriter(tmp_path / "q5.gguf", "llama")
-    raw = np.zeros((8, 32 // 32 * 24), np.uint8)     # Q5_1: 32 values in 24 bytes
-    writer.add_tensor("token_embd.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q5_1)
+    writer = gguf.GGUFWriter(tmp_path / "q4_1.gguf", "llama")
+    raw = np.zeros((8, 32 // 32 * 20), np.uint8)     # Q4_1: 32 values in 20 bytes
+    writer.add_tensor("token_embd.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    with pytest.raises(CheckpointError, match="stored as Q5_1; llama_tf reads F32, F16, BF16, Q8_0, Q4_0, Q4_K"):
-        read_checkpoint(tmp_path / "q5.gguf")
+    with pytest.raises(CheckpointError, match="stored as Q4_1; llama_tf reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K"):
+        read_checkpoint(tmp_path / "q4_1.gguf")
 
 
 def test_a_length_field_the_file_cannot_hold_is_refused_at_once(hf, tmp_path):

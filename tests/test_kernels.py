@@ -1,6 +1,7 @@
 """The compiled kernels (llama_tf/kernels): built on this machine; the matrix-vector products, through
 jax.ffi and as TensorFlow ops, equal to the plain product within float32 rounding for every layout,
-weight type and odd size, and differentiable on JAX; the one-token attention equal to softmax attention
+weight type and odd size (the 4- to 6-bit blocks: of x rounded to int8 as llama.cpp rounds it), and
+differentiable on JAX; the one-token attention equal to softmax attention
 computed in float64, writing its slot of the cache and nothing else; replaced by the framework's products
 with a one-line warning where they cannot be built."""
 
@@ -8,11 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import require
+from reference import random_blocks
 
 jax = require("jax")
 jnp = jax.numpy
 
 from llama_tf import kernels  # noqa: E402
+from llama_tf.ggml_blocks import BLOCK_TYPES  # noqa: E402
 from llama_tf.layers.projection import dequantize_q8_0, quantize_q8_0  # noqa: E402
 
 EPS = {"float32": 2.0**-24, "bfloat16": 2.0**-8}   # unit roundoff of the output's type
@@ -73,6 +76,39 @@ def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype, framework):
     assert np.all(np.abs(np.asarray(got, "float64") - exact_x @ weights) <= allowed)
 
 
+def rounded_as_llama_cpp(x: np.ndarray, group: int) -> np.ndarray:
+    """x (m, k) rounded to int8 with a scale d = max|x| / 127 per `group` values (Q8_0: 32; Q8_K: 256), in
+    float32 arithmetic as the kernel rounds (x · (1 / d), to nearest even), as float64."""
+    blocks = x.astype("float32").reshape(x.shape[0], -1, group)
+    d = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    inverse = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype("float32")
+    return (np.rint(blocks * inverse).astype("float64") * d).reshape(x.shape)
+
+
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", list(BLOCK_TYPES))
+@pytest.mark.parametrize("m, blocks, n", [(1, 1, 1), (1, 3, 5), (2, 4, 33), (3, 9, 17), (1, 8, 2051)])
+def test_block_matvec_equals_the_product_of_x_rounded_as_llama_cpp(m, blocks, n, name, dtype, framework):
+    """Each type against `gguf`'s dequantisation of the same bytes, multiplied in float64 by x rounded to
+    int8 as llama.cpp rounds it (per 32 values for 32-weight blocks, per 256 for the k-quants): within
+    float32's rounding of the sums and one rounding to the output's type."""
+    gguf = require("gguf")
+    block_type = BLOCK_TYPES[name]
+    rng = np.random.default_rng(blocks * n + m)
+    k = blocks * block_type.weights
+    raw = random_blocks(block_type, n, k, rng)
+    weights = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(block_type.ggml)).astype("float64").T   # (k, n)
+    x = tensor(framework, rng.standard_normal((m, k)), dtype)
+    got = kernels.matvec_blocks(x, tensor(framework, raw, "uint8"), block_type.ggml)
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    rounded = rounded_as_llama_cpp(np.asarray(x, "float64"), block_type.weights)
+    error = np.abs(np.asarray(got, "float64") - rounded @ weights)
+    assert np.all(error <= bound(rounded, weights, dtype))
+    exact = np.asarray(x, "float64") @ weights   # and the rounding of x is all that separates it from the exact product
+    assert np.abs(np.asarray(got, "float64") - exact).max() <= 0.01 * (np.abs(np.asarray(x, "float64")) @ np.abs(weights)).max()
+
+
 def test_under_jit_and_differentiable():
     rng = np.random.default_rng(0)
     x, w = jnp.asarray(rng.standard_normal((1, 40)), "float32"), jnp.asarray(rng.standard_normal((40, 24)), "float32")
@@ -94,6 +130,13 @@ def test_shapes_that_disagree_are_refused(framework):
     with pytest.raises(Exception, match="shapes disagree"):
         done(kernels.matvec_q8_0(x, tensor(framework, np.ones((8, 64)), "int8"),
                                  tensor(framework, np.ones((8, 3)), "float16")))
+    blocks = tensor(framework, np.zeros((8, 36)), "uint8")                  # 64 weights a row in Q4_0's 18 bytes a block
+    with pytest.raises(Exception, match="unknown block type"):
+        done(kernels.matvec_blocks(x, blocks, 8))
+    with pytest.raises(Exception, match="not a whole number of the type's blocks"):
+        done(kernels.matvec_blocks(x, blocks, BLOCK_TYPES["q4_k"].ggml))
+    with pytest.raises(Exception, match="do not hold k weights"):
+        done(kernels.matvec_blocks(x, blocks, BLOCK_TYPES["q5_0"].ggml))
 
 
 def attention_in_float64(q, keys, values, index, start):
@@ -162,3 +205,21 @@ def test_without_a_compiler_tensorflow_keeps_its_products(monkeypatch):
         assert kernels.tensorflow_ops.__wrapped__() is None
     monkeypatch.setenv(kernels.SWITCH, "0")
     assert kernels.tensorflow_ops.__wrapped__() is None
+
+
+def test_the_portable_block_loops_equal_the_reference(tmp_path):
+    """The block products without AVX-512 (CXXFLAGS=-mno-avx512f: the portable loops that AVX2 and Arm
+    machines run), built into a cache of their own, pass the same checks as the vector loops."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("-mno-avx512f is an x86 flag; elsewhere the portable loops are the ones the other tests check")
+    env = {**os.environ, "CXXFLAGS": "-mno-avx512f", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "block_matvec and jax and float32"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
+    assert list(tmp_path.rglob("kernels-*.so")), "the portable build went to the temporary cache"

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def _build(name: str, sources: list[Path], flags: list[str], framework: str) -> 
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     code = [path.read_text() for path in sources + HEADERS]
+    flags = [*flags, *shlex.split(os.environ.get("CXXFLAGS", ""))]   # the user's, last: they win
     digest = hashlib.sha256("\0".join([*code, *FLAGS, *flags, version, framework, _cpu()]).encode())
     path = cache_folder() / "kernels" / f"{name}-{digest.hexdigest()[:16]}.so"
     if path.exists():

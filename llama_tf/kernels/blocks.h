@@ -9,14 +9,21 @@
 //   Q6_K  256 weights: 128 bytes of low nibbles, 64 of high bit pairs, sixteen int8 scales, float16 d;
 //         sub-block j of 16: w = d · scale_j · (q − 32)
 //
-// (Q8_0 has its own loop in matvec.h.) The types are named by GGML's numbers, as GGUF writes them. Each
-// block is unpacked into small integers q, one scale and one offset per 16 weights (w = scale · q − offset),
-// and multiplied against x rounded once per call to int16 blocks of 32 (matvec.h's `Int16Blocks`): each
-// 16 products of integers summed exactly, times the two scales, minus the offset times the block's sum
-// of x. llama.cpp does the same with x rounded to int8.
+// (Q8_0 has its own loop in matvec.h.) The types are named by GGML's numbers, as GGUF writes them. x is
+// rounded once per call to int8 as llama.cpp rounds it (one scale max|x| / 127 per 32 values for the
+// 32-weight types, Q8_0's; per 256 for the k-quants, Q8_K's), with the sum of each 16 rounded values.
+// With AVX-512 VNNI each block's q are unpacked from its bits in registers and multiplied with x's int8
+// four pairs at a time into exact int32 sums (vpdpbusd), then scaled in float32 per sub-block; a
+// sub-block's minimum (or the constant that centres q) comes off as itself times the sum of x over the
+// sub-block. Elsewhere a portable loop unpacks each block into int8 q with a scale and an offset per 16
+// weights (w = scale · q − offset) and sums the same products.
 #pragma once
 
 #include "matvec.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace llama_tf {
 
