@@ -9,12 +9,14 @@ rows in Meta's layout) and measures every peer in its own process, on the same p
 
 - prefill: tokens/s of a 512-token prompt (time to the first new token);
 - decode: new tokens/s at batch 1 and 8 after a 32-token prompt, excluding the prefill
-  ((n - 1) new tokens ÷ (time for n new tokens − time for 1));
+  ((n - 1) new tokens ÷ (time for n new tokens − time for 1)), and at batch 1 end to end (n new
+  tokens ÷ the time for them, the prompt included);
+- time to the first token of an 8-token prompt;
 - peak resident memory of the process (`ru_maxrss`), and as a multiple of the weights' bytes.
 
 dtype `q4_k_m` is the GGUF that llama.cpp quantises from the float32 one (Q4_K_M, what most people
-download): llama.cpp runs it as it is, llama_tf loads the same file, dequantised to float32; the
-weights' bytes are then the file's.
+download), `q8_0` its Q8_0: llama.cpp runs it as it is, llama_tf loads the same file with every tensor
+held as stored (`dtype="gguf"`); the weights' bytes are then the file's.
 
 Every figure is also given as a ratio to llama_tf's, and llama_tf's decode as a fraction of the bound
 that memory bandwidth sets: bytes of weights read per token ÷ a measured large matrix-vector read rate.
@@ -91,11 +93,14 @@ def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats:
         return min(times)
 
     generate(_prompts(vocab, 1, 8), 2)                                     # warm-up (compilation)
-    result = {"tokens": [int(t) for t in generate(_prompts(vocab, 1, PROMPT_TOKENS), 8)],"prefill": prefill / best(_prompts(vocab, 1, prefill), 1)}
+    result = {"tokens": [int(t) for t in generate(_prompts(vocab, 1, PROMPT_TOKENS), 8)],"prefill": prefill / best(_prompts(vocab, 1, prefill), 1),
+              "first_token_8_s": best(_prompts(vocab, 1, 8), 1)}
     for batch in batches:
         prompts = _prompts(vocab, batch, PROMPT_TOKENS)
         first, full = best(prompts, 1), best(prompts, new_tokens)
         result[f"decode_b{batch}"] = batch * (new_tokens - 1) / (full - first)
+        if batch == 1:   # the whole generation, prompt included, as a user waits for it
+            result["end_to_end_b1"] = new_tokens / full
     return result
 
 
@@ -109,8 +114,8 @@ def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: in
     from llama_tf.sampling import Sampler
 
     baseline, begin = _peak_rss(), time.perf_counter()
-    if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside; Q8_0 kept as it is, others dequantised
-        llm = llama_tf.load(model_dir / f"model-{dtype}.gguf", dtype="q8_0" if dtype == "q8_0" else "float32")
+    if dtype in QUANTISED:   # the GGUF llama.cpp runs, its vocabulary inside, every tensor held as stored
+        llm = llama_tf.load(model_dir / f"model-{dtype}.gguf", dtype="gguf")
     else:
         llm = llama_tf.load(model_dir, tokenizer=tokenizer, dtype=dtype)
     load_s = time.perf_counter() - begin
@@ -464,6 +469,15 @@ def weight_bytes(model_dir: Path) -> tuple[int, int]:
     return int(total), int(per_token)
 
 
+def gguf_bytes(path: Path) -> tuple[int, int]:
+    "(bytes of a GGUF file, bytes of its tensors read per generated token: all but an untied embedding table)."
+    import gguf
+
+    tensors = gguf.GGUFReader(path).tensors
+    tied = not any(t.name == "output.weight" for t in tensors)
+    return path.stat().st_size, int(sum(t.n_bytes for t in tensors if tied or t.name != "token_embd.weight"))
+
+
 def versions() -> str:
     "The peers' package versions (a run of some peers needs only theirs installed)."
     from importlib.metadata import PackageNotFoundError, version
@@ -509,23 +523,27 @@ def against_llama_cpp(rows: list[dict], read_rates: dict) -> list[str]:
 
 
 def report(rows: list[dict], read_rate: float, kernel_rate: float | None = None) -> str:
-    lines = ["| shape | dtype | peer | load s | prefill tok/s | decode b1 tok/s | decode b8 tok/s | peak RSS GiB "
-             "(× weights) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | dtype | peer | load s | prefill tok/s | first token (8) s | decode b1 tok/s | end to end b1 tok/s "
+             "| decode b8 tok/s | peak RSS GiB (× weights; above the process's baseline after imports) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ours = next((r for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
                      and r["peer"] == "llama_tf"), {})
         if "error" in row:
-            lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | error: {row['error'][:80]} |||||")
+            lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | error: {row['error'][:80]} |||||||")
             continue
 
         def cell(key):
             if key not in row:
                 return "—"
             ratio = f" ({row[key] / ours[key]:.2f}×)" if key in ours and row["peer"] != "llama_tf" else ""
-            return f"{row[key]:.1f}{ratio}"
-        memory = f"{row['peak_rss'] / 2**30:.2f} ({row['peak_rss'] / row['weights']:.2f}×)"
+            return f"{row[key]:.3g}{ratio}" if key == "first_token_8_s" else f"{row[key]:.1f}{ratio}"
+        memory = f"{row['peak_rss'] / 2**30:.2f} ({row['peak_rss'] / row['weights']:.2f}×"
+        if "baseline_rss" in row:   # what the model added to the process after its imports
+            memory += f"; above the baseline {(row['peak_rss'] - row['baseline_rss']) / row['weights']:.2f}×"
+        memory += ")"
         lines.append(f"| {row['shape']} | {row['dtype']} | {row['peer']} | {cell('load_s')} | {cell('prefill')} | "
-                     f"{cell('decode_b1')} | {cell('decode_b8')} | {memory} |")
+                     f"{cell('first_token_8_s')} | {cell('decode_b1')} | {cell('end_to_end_b1')} | {cell('decode_b8')} | "
+                     f"{memory} |")
     lines.append("")
     for row in rows:
         ours = next((r for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
@@ -589,10 +607,8 @@ def main(argv=None) -> int:
                 if not (model_dir / "model-float32.gguf").exists():
                     run_task("make_gguf", model_dir=model_dir, dtype="float32", tokenizer=tokenizer)
                 run_task("quantize", model_dir=model_dir, dtype=dtype)
-            if dtype in QUANTISED:
-                total = (model_dir / f"model-{dtype}.gguf").stat().st_size
-            if dtype == "q8_0":   # read as stored: 34 bytes (32 int8 weights and a float16 scale) per 128 of float32
-                per_token = per_token * 34 // 128
+            if dtype in QUANTISED:   # read as stored: the file's bytes
+                total, per_token = gguf_bytes(model_dir / f"model-{dtype}.gguf")
             for round_, peer in [(r, p) for r in range(args.rounds) for p in args.peers.split(",")]:
                 if peer == "keras_hub" and shape == "llama3.1-8b":
                     continue   # keras-hub's port reads the whole checkpoint into memory, in float32

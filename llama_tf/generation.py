@@ -161,8 +161,12 @@ class Decoder:
         self.one_row_in_graph = default and self.in_place and quantized and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
-        # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees).
+        # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees),
+        # to a multiple of CACHE_BLOCK; where every projection's kernel multiplies several rows at once
+        # (llama.cpp's 4- to 6-bit blocks), a short prompt to a power of two from 8 up to those rows.
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
+        rows = min(layer.format.kernel_rows for layer in projections(model))
+        self.short_widths = [w for w in (8, 16, 32) if w <= rows] if keras.backend.backend() == "jax" else []
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = (), vocab_size: int | None = None) -> Iterator[np.ndarray]:
@@ -193,7 +197,8 @@ class Decoder:
     def _steps(self, prompts, lengths, budget, sampler, stop_ids, vocab_size) -> Iterator[np.ndarray]:
         if budget.max() == 0:
             return
-        width = -(-int(lengths.max()) // self.width_multiple) * self.width_multiple
+        longest = int(lengths.max())
+        width = next((w for w in self.short_widths if longest <= w), -(-longest // self.width_multiple) * self.width_multiple)
         start = (width - lengths).astype("int32")                          # left padding of each row
         ids = np.zeros((len(prompts), width), "int32")
         for row, prompt in enumerate(prompts):

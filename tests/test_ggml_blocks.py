@@ -166,3 +166,36 @@ def test_llama_cpp_files_load_as_stored(directory, tmp_path, token_ids, ftype):
                                       read_checkpoint(path).tensors["layers.0.attention.wq.weight"].load_blocks())
     dequantised = llama_tf.load(path)
     assert max_relative_error(np.asarray(llm.model(token_ids)), np.asarray(dequantised.model(token_ids))) <= 1e-5
+
+
+def test_the_shipped_model_at_q4_k_m_scores_as_llama_cpp_does(tmp_path):
+    """The quality bar: the shipped model, converted to GGUF and quantised to Q4_K_M by llama.cpp itself,
+    held as stored, scores the held-out text within 3 % of float32's nats/char and within 0.5 % of
+    llama.cpp's own score of the same file on the same tokens and windows (its logits from llama-cpp-python)."""
+    llama_cpp = require("llama_cpp")
+    from llama_tf.convert import convert
+    from llama_tf.evaluation import evaluate, score_ids
+    from llama_tf.llm import DEFAULT_WEIGHTS
+    from llama_tf.train import split_text
+    from conftest import shared_path
+
+    text = split_text(shared_path("data/tinyshakespeare.txt").read_text(), held_out=0.1, valid=0.05)["heldout"][:4_000]
+    path = write_quantised_gguf(convert(DEFAULT_WEIGHTS, tmp_path / "f32.gguf"), tmp_path / "q4_k_m.gguf", "Q4_K_M")
+    llm = llama_tf.load(path, dtype="gguf")
+    assert all(layer.format.quantized for layer in projections(llm.model))
+    ours = evaluate(llm, text)
+    full = evaluate(llama_tf.load(), text)
+    cpp = llama_cpp.Llama(str(path), logits_all=True, verbose=False, n_ctx=llm.config.max_seq_len, n_threads=2)
+
+    def theirs(inputs, training=False):
+        rows = []
+        for row in np.asarray(inputs):
+            cpp.reset()
+            cpp.eval(row.tolist())
+            rows.append(np.array(cpp.scores[: len(row)], "float32"))
+        return np.stack(rows)
+
+    ids = np.asarray(llm.tokenizer.prompt_ids(text))[1:]
+    their_nats = score_ids(theirs, ids, llm.tokenizer.bos_id, llm.config.max_seq_len) / len(text)
+    assert abs(ours.nats_per_char - full.nats_per_char) <= 0.03 * full.nats_per_char
+    assert abs(ours.nats_per_char - their_nats) <= 0.005 * their_nats

@@ -125,7 +125,11 @@ def _load_tensor(path: Path, offset: int, n_bytes: int, kind, shape: tuple[int, 
         return raw.view(np.float32).reshape(shape)
     if kind == gguf.GGMLQuantizationType.F16:
         return raw.view(np.float16).reshape(shape)
-    return gguf.quants.dequantize(raw.reshape(shape[0], -1), kind).reshape(shape)
+    rows = raw.reshape(shape[0], -1)
+    out = np.empty((shape[0], math.prod(shape[1:])), np.float32)
+    for i in range(0, shape[0], 1024):   # a thousand rows at a time: gguf's temporaries stay small
+        out[i: i + 1024] = gguf.quants.dequantize(rows[i: i + 1024], kind)
+    return out.reshape(shape)
 
 
 def _load_q8_0(path: Path, offset: int, n_bytes: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

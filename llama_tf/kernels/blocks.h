@@ -132,10 +132,12 @@ struct RoundedX {
   std::vector<int8_t> q;      // k
   std::vector<float> d;       // k / group
   std::vector<int32_t> sums;  // k / 16
+  std::vector<int32_t> sums32;  // k / 32: each 32's
 };
 
 inline RoundedX round_x(const float* x, int64_t k, int64_t group) {
-  RoundedX out{std::vector<int8_t>(k), std::vector<float>(k / group), std::vector<int32_t>(k / 16)};
+  RoundedX out{std::vector<int8_t>(k), std::vector<float>(k / group), std::vector<int32_t>(k / 16),
+               std::vector<int32_t>(k / 32)};
   for (int64_t b = 0; b < k / group; ++b) {
     float top = 0.0f;
     for (int64_t i = 0; i < group; ++i) top = std::max(top, std::fabs(x[group * b + i]));
@@ -148,6 +150,7 @@ inline RoundedX round_x(const float* x, int64_t k, int64_t group) {
     for (int i = 0; i < 16; ++i) sum += out.q[16 * g + i];
     out.sums[g] = sum;
   }
+  for (int64_t g = 0; g < k / 32; ++g) out.sums32[g] = out.sums[2 * g] + out.sums[2 * g + 1];
   return out;
 }
 
@@ -222,15 +225,21 @@ inline void add_block(const RoundedX& x, int64_t start, const uint8_t* b, Sum& s
     float dx = x.d[start / 256], d = f16_at(b) * dx, dmin = f16_at(b + 2) * dx;
     const uint8_t *scales = b + 4, *qs = b + (TYPE == Q5_K ? 48 : 16);
     __m256i high = TYPE == Q5_K ? bytes32(b + 16) : _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
-    alignas(32) float scale[8];
-    int32_t mins = 0;
-    for (int j = 0; j < 8; ++j) {
-      int sc, min;
-      scale_min_k4(j, scales, sc, min);
-      scale[j] = d * sc;
-      mins += min * (xsum[2 * j] + xsum[2 * j + 1]);
-    }
-    __m512 all = _mm512_castps256_ps512(_mm256_load_ps(scale));
+    // the 8 scales and 8 mins as 16 bytes (llama.cpp's bit-parallel unpacking of the 12), then as vectors
+    uint32_t u[4];
+    std::memcpy(u, scales, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    u[3] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
+    uint32_t mins4 = u[1] & low6;
+    u[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
+    u[2] = mins4;
+    u[0] &= low6;
+    __m128i both = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+    __m256 scale8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(both)), _mm256_set1_ps(d));
+    __m256i mins = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(both, 8)),
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sums32.data() + start / 32)));
+    sum.lanes = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(mins)), _mm512_set1_ps(dmin), sum.lanes);
+    __m512 all = _mm512_castps256_ps512(scale8);
     for (int chunk = 0; chunk < 4; ++chunk) {   // 64 weights: sub-blocks 2·chunk (low nibbles), 2·chunk + 1 (high)
       __m256i packed = bytes32(qs + 32 * chunk), low = nibbles_low(packed), up = nibbles_high(packed);
       if constexpr (TYPE == Q5_K) {
@@ -242,7 +251,6 @@ inline void add_block(const RoundedX& x, int64_t start, const uint8_t* b, Sum& s
                                       2 * chunk, 2 * chunk, 2 * chunk);
       sum.lanes = _mm512_fmadd_ps(quad_sums(join(low, up), xq + 64 * chunk), _mm512_permutexvar_ps(pair, all), sum.lanes);
     }
-    sum.rest -= dmin * float(mins);
   } else {   // Q6_K: two halves of 128 weights, four runs of 32 each, a scale per 16
     const uint8_t *ql = b, *qh = b + 128;
     __m512 scales = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))),
@@ -278,29 +286,43 @@ inline const char* blocks_mismatch(int type, int64_t k, int64_t row_bytes) {
                                                                     : "W's rows do not hold k weights in the type's blocks";
 }
 
+// out[s] = x · rows[s] for S rows of blocks of TYPE (k weights each), each block of the S read side by side.
+template <int TYPE, int S>
+void dot_block_rows(const RoundedX& x, const uint8_t* const* rows, int64_t k, float* out) {
+  constexpr int64_t weights = TYPE >= Q4_K ? 256 : 32;
+  const int64_t bytes = block_bytes(TYPE);
+  Sum sums[S];
+  for (int64_t start = 0, offset = 0; start < k; start += weights, offset += bytes)
+    for (int s = 0; s < S; ++s) add_block<TYPE>(x, start, rows[s] + offset, sums[s]);
+  for (int s = 0; s < S; ++s) out[s] = sums[s].value();
+}
+
 // y (m, n) = x (m, k) · Wᵀ for W's n rows stored as blocks of TYPE (k / block_weights · block_bytes bytes
-// each): each thread a band of rows, read in sub-bands side by side (matvec_n_k), one block of each at a time.
+// each): each thread a band of rows, read in sub-bands side by side (matvec_n_k), each sub-band's rows
+// multiplied with every row of x while they are in the cache: W comes from memory once for all m rows (a
+// short prompt costs m times the arithmetic of one token, not m times its memory traffic).
 template <int TYPE>
 void matvec_blocks_of(const Pool& pool, const std::vector<float>& xf, const uint8_t* w, int64_t m, int64_t k,
                       int64_t n, Floats y) {
-  constexpr int64_t weights = TYPE >= Q4_K ? 256 : 32;
-  const int64_t bytes = block_bytes(TYPE), row_bytes = k / weights * bytes;
-  int64_t count = workers_for(pool, n * k);
-  std::vector<float> row(n);
-  for (int64_t t = 0; t < m; ++t) {
-    RoundedX xt = round_x(xf.data() + t * k, k, weights);
-    parallel(pool, count, [&](int64_t id) {
-      auto [begin, end] = part(n, 16, id, count);
-      in_sub_bands(begin, end, [&](auto streams, const int64_t* js) {
-        constexpr int S = decltype(streams)::value;
-        Sum sums[S];
-        for (int64_t start = 0, offset = 0; start < k; start += weights, offset += bytes)
-          for (int s = 0; s < S; ++s) add_block<TYPE>(xt, start, w + js[s] * row_bytes + offset, sums[s]);
-        for (int s = 0; s < S; ++s) row[js[s]] = sums[s].value();
-      });
-      store(y, t * n, row.data(), begin, end);
+  const int64_t row_bytes = k / (TYPE >= Q4_K ? 256 : 32) * block_bytes(TYPE);
+  int64_t count = workers_for(pool, m * n * k);
+  std::vector<RoundedX> xs;
+  for (int64_t t = 0; t < m; ++t) xs.push_back(round_x(xf.data() + t * k, k, TYPE >= Q4_K ? 256 : 32));
+  std::vector<float> out(m * n);
+  parallel(pool, count, [&](int64_t id) {
+    auto [begin, end] = part(n, 16, id, count);
+    in_sub_bands(begin, end, [&](auto streams, const int64_t* js) {
+      constexpr int S = decltype(streams)::value;
+      const uint8_t* rows[S];
+      float sums[S];
+      for (int s = 0; s < S; ++s) rows[s] = w + js[s] * row_bytes;
+      for (int64_t t = 0; t < m; ++t) {
+        dot_block_rows<TYPE, S>(xs[t], rows, k, sums);
+        for (int s = 0; s < S; ++s) out[t * n + js[s]] = sums[s];
+      }
     });
-  }
+    for (int64_t t = 0; t < m; ++t) store(y, t * n, out.data() + t * n, begin, end);
+  });
 }
 
 inline void matvec_blocks(const Pool& pool, Floats x, const uint8_t* w, int type, int64_t m, int64_t k, int64_t n,

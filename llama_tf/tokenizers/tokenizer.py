@@ -22,10 +22,10 @@ library itself (`SentencePieceLibraryTokenizer`, the same ids).
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
@@ -65,9 +65,14 @@ def tokenizer_kind(model: str | Path | bytes) -> type[Tokenizer]:
 
 
 def sentencepiece_kind() -> type[Tokenizer]:
-    """`SentencePieceTokenizer` (TensorFlow ops, notebook 01) where `tensorflow_text` imports, else
-    `SentencePieceLibraryTokenizer` (the `sentencepiece` library alone, the same ids)."""
+    """`SentencePieceTokenizer` (TensorFlow ops, notebook 01) where `tensorflow_text` imports and Keras runs
+    on TensorFlow (or is not loaded), else `SentencePieceLibraryTokenizer` (the `sentencepiece` library
+    alone, the same ids): a JAX or PyTorch process does not load TensorFlow (0.6 GiB) to tokenize."""
+    keras = sys.modules.get("keras")
+    backend = keras.config.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
     try:
+        if backend != "tensorflow":
+            raise ImportError
         import tensorflow_text  # noqa: F401
     except ImportError:
         from llama_tf.tokenizers.sentencepiece_library import SentencePieceLibraryTokenizer
