@@ -233,7 +233,7 @@ def merge_lora(model: keras.Model) -> None:
     "Fold each adapter's update into its projection's float weights, then take the adapters out."
     layers = list(_adapted(model).values())
     if quantized := [layer.weights_format for layer in layers if layer.format.quantized]:   # refused before any change
-        raise ValueError(f"merging an adapter into {quantized[0]} weights would round it away; load the base in "
+        raise ValueError(f"merging an adapter into {quantized[0].upper()} weights would round it away; load the base in "
                          "float32 or bfloat16 to merge")
     for layer in layers:   # W (out, in) read out of the layer's format in float32, and written back
         layer.format.assign(layer, layer.format.matrix(layer) + _update(layer.adapter))

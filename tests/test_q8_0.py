@@ -231,7 +231,7 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     monkeypatch.undo()
     expected_text = llm.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=())
     for module in (projection, attention):
-        monkeypatch.setattr(module, "uses_kernel", lambda x: False)
+        monkeypatch.setattr(module, "uses_kernel", lambda x, rows=1: False)
     plain = np.asarray(call_with_cache(*step)[0])
     # float32 within 1e-5 of the logits' scale; Q8_0 within 1e-4 (the kernel rounds x to int16 per block
     # of 32); bfloat16 within 2e-2 (XLA rounds the products' inputs and the attention weights to bfloat16);
@@ -283,3 +283,27 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
         patch.setattr(kernels, "tensorflow_ops", lambda: None)
         texts.append(np.stack(list(Decoder(llm.model, llm.config.max_seq_len, xla=False)(prompt, 8, Sampler()))))
     np.testing.assert_array_equal(texts[0], texts[1])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled kernel runs on the JAX backend")
+def test_kernel_steps_take_short_prompts_in_blocks(directory, token_ids, monkeypatch):
+    """With llama.cpp's blocks a prompt of up to 32 tokens goes to the kernel too (which reads each block
+    once for all its rows), padded to 8, 16 or 32: the Decoder's first logits equal the plain prompt's
+    within the 8-bit rounding of x (5e-2, as the one-token steps)."""
+    from llama_tf import kernels
+    from llama_tf.generation import Decoder
+    from llama_tf.layers import projection
+
+    llm = model_in(directory, "q4_k")
+    decoder = Decoder(llm.model, 64)
+    assert decoder.short_widths == [8, 16, 32]
+    shapes = []
+    matvec_blocks = kernels.matvec_blocks
+    monkeypatch.setattr(kernels, "matvec_blocks", lambda x, *a: shapes.append(x.shape) or matvec_blocks(x, *a))
+    prompt = token_ids[0, :5].astype("int32")
+    logits, _ = decoder.step(np.pad(prompt, (3, 0))[None], None, np.int32(0), np.array([3], "int32"))
+    assert sum(s[0] == 8 for s in shapes) == 7 * len(llm.model.blocks)   # the output projection: the last row only
+    monkeypatch.setattr(projection, "uses_kernel", lambda x, rows=1: False)
+    plain = np.asarray(llm.model(prompt[None]))[:, -1]
+    assert max_relative_error(np.asarray(logits), plain) <= TOLERANCE["q4_k"]
+    assert Decoder(llama_tf.load(directory).model, 64).short_widths == []   # float weights: multiples of 64
