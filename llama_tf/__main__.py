@@ -71,6 +71,10 @@ def parser() -> ArgumentParser:
     e.add_argument("--context", type=number(int, 2), help="window length in tokens (default: the model's max_seq_len)")
     e.add_argument("--stride", type=number(int, 1), help="new tokens scored per window (default: half the context)")
     e.add_argument("--max-chars", type=number(int, 0), help="score only the first N characters")
+    for command in (g, c, e):
+        command.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "q8_0", "gguf"],
+                             help="precision of the matrices (default float32; gguf: a GGUF file's tensors held "
+                                  "in their stored types, Q4_K_M's 4-bit blocks as they are)")
     return p
 
 
@@ -90,7 +94,7 @@ def command(args) -> int | None:
     if args.command == "export":
         print(llama_tf.load(args.source, progress=True).export(args.destination, args.format, args.quantize, progress=True))
         return 0
-    llm = llama_tf.load(args.weights)
+    llm = llama_tf.load(args.weights, dtype=args.dtype)
     if args.command == "generate":
         room = llm.config.max_seq_len - len(llm.tokenizer.prompt_ids(args.prompt))
         if 0 < room < args.max_new_tokens:   # (a prompt that fills the context is refused by generate)

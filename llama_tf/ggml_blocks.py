@@ -23,7 +23,7 @@ A row of weights is cut into blocks, each stored as a few bytes of scales and th
 # %% auto #0
 __all__ = ['BLOCK_TYPES', 'QUANTIZERS', 'FALLBACK', 'BlockType', 'row_bytes', 'quantize_blocks', 'scale_fields']
 
-# %% ../notebooks/15_k_quants.ipynb #252bb5e4
+# %% ../notebooks/15_k_quants.ipynb #27a02c48
 from typing import NamedTuple
 
 import numpy as np
@@ -48,7 +48,7 @@ def row_bytes(block_type: BlockType, columns: int) -> int:
                          f"have {columns}")
     return columns // block_type.weights * block_type.bytes
 
-# %% ../notebooks/15_k_quants.ipynb #4f405f19
+# %% ../notebooks/15_k_quants.ipynb #9a1af348
 QUANTIZERS = ("q4_0", "q5_0", "q5_1", "q4_k")   # the types `quantize_blocks` writes
 # What llama.cpp's quantiser writes for a tensor whose rows are not whole super-blocks of 256
 FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
@@ -67,7 +67,7 @@ def quantize_blocks(w, block_type: BlockType) -> np.ndarray:
                          "GGUF files only")
     return gguf.quants.quantize(w, gguf.GGMLQuantizationType(block_type.ggml))
 
-# %% ../notebooks/15_k_quants.ipynb #17bfb233
+# %% ../notebooks/15_k_quants.ipynb #8e919718
 def _quantize_q4_k(w: np.ndarray) -> np.ndarray:
     """Q4_K: per super-block of 256 weights, float16 d and dmin, then eight sub-blocks of 32, each with a
     6-bit scale and min (packed into 12 bytes), then 128 bytes of 4-bit q: w ≈ d · scale_j · q − dmin · min_j."""
@@ -92,7 +92,7 @@ def _quantize_q4_k(w: np.ndarray) -> np.ndarray:
     header = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8)], -1)
     return np.concatenate([header, packed, nibbles], -1).reshape(rows, -1)
 
-# %% ../notebooks/15_k_quants.ipynb #ded15b48
+# %% ../notebooks/15_k_quants.ipynb #41c8733b
 _SCALES = {"q4_0": (0,), "q5_0": (0,), "q5_1": (0, 2), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}   # byte offsets
 
 

@@ -92,6 +92,7 @@ def test_a_bad_value_for_any_option_is_one_error_line(name, command, option, val
     ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "MISSING"], "tokenizer file not found: MISSING"),
     ("llama_tf", ["convert", "SRC", "DST", "--tokenizer", "TEXT"], "not a SentencePiece model"),
     ("llama_tf", ["generate", "x" * 3000], "the prompt is 3001 tokens, longer than the model's context of 256"),
+    ("llama_tf", ["generate", "x", "--dtype", "gguf"], "dtype='gguf' keeps a GGUF file's tensors in their stored types"),
     ("llama_tf.train", ["prepare", "--text", "MISSING", "--out", "OUT"], "No such file or directory: 'MISSING'"),
     ("llama_tf.train", ["prepare", "--text", "TMP", "--out", "OUT"], "Is a directory"),
     ("llama_tf.train", ["prepare", "--text", "BINARY", "--out", "OUT"], "BINARY: not UTF-8 text"),
@@ -170,6 +171,19 @@ def test_generate_says_when_the_context_cuts_the_continuation(capsys):
     assert "note: the model's context is 256 tokens; at most 253 new tokens follow this prompt" in err
     status, err = run("llama_tf", ["generate", "ROMEO:", "--max-new-tokens", "3"], capsys)
     assert status == 0 and err == ""
+
+
+def test_generate_from_a_gguf_held_as_stored(tmp_path, capsys):
+    "The shipped model converted to a Q4_K GGUF, generated from with --dtype gguf: the same text as the Python API's."
+    import llama_tf
+    from llama_tf.convert import convert
+
+    path = convert(ROOT / "weights" / "shakespeare", tmp_path / "shakespeare-q4_k.gguf", dtype="q4_k")
+    status = llama_cli.main(["generate", "ROMEO:", "--weights", str(path), "--dtype", "gguf", "--temperature", "0",
+                             "--max-new-tokens", "12"])
+    printed = capsys.readouterr()
+    assert status == 0 and printed.err == ""
+    assert printed.out == "ROMEO:" + llama_tf.load(path, dtype="gguf").generate("ROMEO:", 12, temperature=0) + "\n"
 
 
 def test_chat_replies_fit_the_context_by_default(monkeypatch, capsys):

@@ -143,3 +143,15 @@ def test_the_default_models_score_is_the_model_cards():
     card = (ROOT / "weights" / "README.md").read_text()
     held_out = float(re.search(r"\*\*held-out loss\*\* \| \*\*(\d\.\d+) nats/char\*\*", card)[1])
     assert f"**{held_out:.3f} nats/char**" in README
+
+
+def test_q4_k_m_ratios_are_the_committed_results():
+    "The README's batch-1 ratios against llama.cpp on a Q4_K_M file, from `decode_q4_k_m_*.json`."
+    ratio = {}
+    for shape, file in (("134m", "decode_q4_k_m_134m.json"), ("1.1b", "decode_q4_k_m_1.1b.json")):
+        rows = {r["peer"]: r for r in json.loads((RESULTS / file).read_text())["rows"]}
+        ratio[shape] = {peer: rows[peer]["decode_b1"] / rows["llama_cpp"]["decode_b1"] for peer in ("llama_tf_jax", "llama_tf")}
+    text = " ".join(README.split())
+    assert (f"kernels {ratio['134m']['llama_tf_jax']:.2f}× at 134M and {ratio['1.1b']['llama_tf_jax']:.2f}× at "
+            f"TinyLlama 1.1B") in text
+    assert f"TensorFlow {ratio['134m']['llama_tf']:.2f}× and {ratio['1.1b']['llama_tf']:.2f}×" in text

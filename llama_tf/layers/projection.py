@@ -182,7 +182,10 @@ class Q8_0Blocks(WeightFormat):
         if uses_kernel(x):
             q, scales = ops.convert_to_tensor(layer.q8_weights), ops.convert_to_tensor(layer.q8_scales)
             return as_rows(lambda rows: kernels.matvec_q8_0(rows, q, scales), x)
-        return ops.matmul(x, ops.transpose(dequantize_q8_0(layer.q8_weights, layer.q8_scales, x.dtype)))
+        # dequantised once x is there: a compiled prompt step would otherwise be free to dequantise every
+        # matrix first and hold them all
+        weights = layer.q8_weights + ops.cast(ops.sum(x[..., :1]) * 0, "int8")
+        return ops.matmul(x, ops.transpose(dequantize_q8_0(weights, layer.q8_scales, x.dtype)))
 
     def matrix(self, layer):
         return dequantize_q8_0(layer.q8_weights, layer.q8_scales)
@@ -233,7 +236,7 @@ def projections(model: keras.Model) -> list[Projection]:
     "Every `Projection` inside `model`."
     return [layer for layer in sublayers(model) if isinstance(layer, Projection)]
 
-# %% ../../notebooks/15_k_quants.ipynb #422893cf
+# %% ../../notebooks/15_k_quants.ipynb #aa7f7bbe
 from ..ggml_blocks import BLOCK_TYPES, BlockType, quantize_blocks, row_bytes
 
 
@@ -258,7 +261,7 @@ def bits_of(packed, count: int):
     shifts = ops.reshape(ops.arange(count, dtype="int32"), (count, 1))
     return ops.bitwise_and(ops.right_shift(ops.expand_dims(packed, -2), shifts), 1)
 
-# %% ../../notebooks/15_k_quants.ipynb #b2ff6e4f
+# %% ../../notebooks/15_k_quants.ipynb #bdbc091b
 def _blocks_32(b, block_type):
     "Q4_0, Q5_0, Q5_1 blocks (..., bytes) -> weights (..., 32)."
     d = half_floats(b[..., 0], b[..., 1])
@@ -273,7 +276,7 @@ def _blocks_32(b, block_type):
         return ops.expand_dims(d, -1) * (q - 16.0)
     return ops.expand_dims(d, -1) * q + ops.expand_dims(half_floats(b[..., 2], b[..., 3]), -1)
 
-
+# %% ../../notebooks/15_k_quants.ipynb #99eb0f2a
 def _blocks_k(b, block_type):
     "Q4_K and Q5_K super-blocks (..., bytes) -> weights (..., 256)."
     lead = b.shape[:-1]
@@ -291,7 +294,7 @@ def _blocks_k(b, block_type):
          - ops.expand_dims(dmin[..., None] * ops.cast(minimum, "float32"), -1))
     return ops.reshape(w, (*lead, 256))
 
-
+# %% ../../notebooks/15_k_quants.ipynb #dac2f6ee
 def _blocks_q6_k(b, block_type):
     "Q6_K super-blocks (..., 210) -> weights (..., 256)."
     lead = b.shape[:-1]
@@ -317,10 +320,10 @@ def dequantize_blocks(blocks, block_type: BlockType, dtype="float32"):
     b = ops.reshape(ops.cast(blocks, "int32"), (rows, -1, block_type.bytes))
     return ops.cast(ops.reshape(_UNPACK[block_type.name](b, block_type), (rows, -1)), dtype)
 
-# %% ../../notebooks/15_k_quants.ipynb #e0084919
+# %% ../../notebooks/15_k_quants.ipynb #c8ed70c7
 BLOCK_KERNEL_ROWS = 32   # up to this many rows (a short prompt) the kernel reads the blocks once for all of them
 
-
+# %% ../../notebooks/15_k_quants.ipynb #139851b6
 class GGMLBlocks(WeightFormat):
     """`blocks` uint8 (units, bytes of a row): W's rows in llama.cpp's blocks of one `BlockType` (q4_0,
     q5_0, q5_1, q4_k, q5_k, q6_k), the bytes a GGUF file holds; not trained."""
@@ -357,5 +360,5 @@ class GGMLBlocks(WeightFormat):
     def assign(self, layer, w):
         layer.blocks.assign(quantize_blocks(ops.convert_to_numpy(ops.cast(w, "float32")), self.type))
 
-
+# %% ../../notebooks/15_k_quants.ipynb #14aee934
 WEIGHT_FORMATS.update({name: GGMLBlocks(block_type) for name, block_type in BLOCK_TYPES.items()})
