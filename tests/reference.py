@@ -264,6 +264,18 @@ def random_blocks(block_type, rows: int, columns: int, rng) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
+def write_gguf(directory: Path, path: Path, dtype: str) -> Path:
+    "The checkpoint at `directory` written by llama_tf as a GGUF file of `dtype` (F32, …, Q4_K), its tokenizer inside."
+    import llama_tf
+    from llama_tf.formats import read_checkpoint
+    from llama_tf.formats.gguf import write_gguf as write
+    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
+
+    checkpoint = read_checkpoint(directory)
+    vocabulary = gguf_vocabulary(llama_tf.load(directory).tokenizer)
+    return write(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()}, vocabulary, dtype)
+
+
 def write_quantised_gguf(source: Path, target: Path, ftype: str) -> Path:
     "The GGUF file `source` quantised by llama.cpp itself (`llama_model_quantize`) to LLAMA_FTYPE_MOSTLY_`ftype`."
     import ctypes

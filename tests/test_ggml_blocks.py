@@ -18,7 +18,7 @@ from llama_tf.ggml_blocks import BLOCK_TYPES, quantize_blocks, row_bytes, scale_
 from llama_tf.layers.projection import Projection, dequantize_blocks, projections
 from llama_tf.loading import model_state
 from conftest import require
-from reference import hf_model, max_relative_error, random_blocks, write_hf, write_quantised_gguf
+from reference import hf_model, max_relative_error, random_blocks, write_hf, write_gguf, write_quantised_gguf
 
 # rows of 256 and 512 weights: every matrix is whole Q4_K super-blocks
 SHAPE = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, intermediate_size=512,
@@ -33,15 +33,6 @@ def directory(tmp_path_factory, tiny_tokenizer_proto):
 @pytest.fixture(scope="module")
 def token_ids():
     return np.random.default_rng(0).integers(3, 384, size=(1, 24))
-
-
-def write_gguf(directory, path, dtype):
-    from llama_tf.formats.gguf import write_gguf as write
-    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
-
-    checkpoint = read_checkpoint(directory)
-    vocabulary = gguf_vocabulary(llama_tf.load(directory).tokenizer)
-    return write(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()}, vocabulary, dtype)
 
 
 def ggml(name):

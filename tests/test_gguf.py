@@ -18,20 +18,11 @@ import pytest
 import llama_tf
 from llama_tf.formats import CheckpointError, read_checkpoint
 from conftest import require
-from reference import hf_logits, hf_model, max_relative_error, write_hf, write_quantised_gguf
+from reference import hf_logits, hf_model, max_relative_error, write_hf, write_gguf, write_quantised_gguf
 
 TOLERANCE = {"F32": 2e-3, "F16": 5e-3, "BF16": 2e-2, "Q8_0": 6e-2}
 SHAPE = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, intermediate_size=512,
              num_hidden_layers=2, vocab_size=384)
-
-
-def write_gguf(directory, path, dtype):
-    from llama_tf.formats.gguf import write_gguf as write
-    from llama_tf.tokenizers.embedded_tokenizers import gguf_vocabulary
-
-    checkpoint = read_checkpoint(directory)
-    vocabulary = gguf_vocabulary(llama_tf.load(directory).tokenizer)
-    return write(path, checkpoint.config, {n: r.load for n, r in checkpoint.tensors.items()}, vocabulary, dtype)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
