@@ -425,7 +425,7 @@ def test_meta_shards_whose_split_sizes_disagree(model, tmp_path, tiny_tokenizer_
 
 
 @pytest.mark.parametrize("argument, message", [
-    ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16, q8_0, not 'int8'"),
+    ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16, q8_0, gguf, not 'int8'"),
     ({"attention_impl": "flash"}, "attention_impl must be one of reference, tiled, fused, not 'flash'"),
 ])
 def test_load_names_a_setting_it_does_not_know(argument, message):
