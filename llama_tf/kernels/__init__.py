@@ -33,8 +33,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "matvec_blocks", "attend_one", "build_tensorflow",
-           "tensorflow_ops", "graph_step", "in_graph_step"]
+__all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "matvec_blocks", "attend_one",
+           "build_tensorflow", "tensorflow_ops", "graph_step", "in_graph_step"]
 
 FOLDER = Path(__file__).parent
 SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]            # the JAX library
@@ -142,8 +142,9 @@ def available() -> bool:
 
 @functools.cache
 def tensorflow_ops():
-    """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`, `llama_tf_matvec_blocks`), built and loaded once per process;
-    None, after a one-line warning, where they cannot be, or without one under LLAMA_TF_KERNELS=0."""
+    """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`, `llama_tf_matvec_blocks`), built and loaded
+    once per process; None, after a one-line warning, where they cannot be, or without one under
+    LLAMA_TF_KERNELS=0."""
     if os.environ.get(SWITCH) == "0":
         return None
     import tensorflow as tf

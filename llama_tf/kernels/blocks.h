@@ -32,8 +32,8 @@ enum BlockType : int { Q4_0 = 2, Q5_0 = 6, Q5_1 = 7, Q4_K = 12, Q5_K = 13, Q6_K 
 inline bool block_type(int type) {
   return type == Q4_0 || type == Q5_0 || type == Q5_1 || type == Q4_K || type == Q5_K || type == Q6_K;
 }
-inline int64_t block_weights(int type) { return type >= Q4_K ? 256 : 32; }
-inline int64_t block_bytes(int type) {
+constexpr int64_t block_weights(int type) { return type >= Q4_K ? 256 : 32; }
+constexpr int64_t block_bytes(int type) {
   switch (type) {
     case Q4_0: return 18;
     case Q5_0: return 22;
@@ -173,7 +173,7 @@ struct Sum {
 // products summed as integers (portable loops).
 template <int TYPE>
 inline void add_block_unpacked(const RoundedX& x, int64_t start, const uint8_t* block, Sum& sum) {
-  constexpr int64_t weights = TYPE >= Q4_K ? 256 : 32;
+  constexpr int64_t weights = block_weights(TYPE);
   Unpacked u;
   if constexpr (weights == 32) unpack_32(TYPE, block, u);
   else unpack_k(TYPE, block, u);
@@ -289,8 +289,7 @@ inline const char* blocks_mismatch(int type, int64_t k, int64_t row_bytes) {
 // out[s] = x · rows[s] for S rows of blocks of TYPE (k weights each), each block of the S read side by side.
 template <int TYPE, int S>
 void dot_block_rows(const RoundedX& x, const uint8_t* const* rows, int64_t k, float* out) {
-  constexpr int64_t weights = TYPE >= Q4_K ? 256 : 32;
-  const int64_t bytes = block_bytes(TYPE);
+  constexpr int64_t weights = block_weights(TYPE), bytes = block_bytes(TYPE);
   Sum sums[S];
   for (int64_t start = 0, offset = 0; start < k; start += weights, offset += bytes)
     for (int s = 0; s < S; ++s) add_block<TYPE>(x, start, rows[s] + offset, sums[s]);
@@ -304,10 +303,10 @@ void dot_block_rows(const RoundedX& x, const uint8_t* const* rows, int64_t k, fl
 template <int TYPE>
 void matvec_blocks_of(const Pool& pool, const std::vector<float>& xf, const uint8_t* w, int64_t m, int64_t k,
                       int64_t n, Floats y) {
-  const int64_t row_bytes = k / (TYPE >= Q4_K ? 256 : 32) * block_bytes(TYPE);
+  const int64_t row_bytes = k / block_weights(TYPE) * block_bytes(TYPE);
   int64_t count = workers_for(pool, m * n * k);
   std::vector<RoundedX> xs;
-  for (int64_t t = 0; t < m; ++t) xs.push_back(round_x(xf.data() + t * k, k, TYPE >= Q4_K ? 256 : 32));
+  for (int64_t t = 0; t < m; ++t) xs.push_back(round_x(xf.data() + t * k, k, block_weights(TYPE)));
   std::vector<float> out(m * n);
   parallel(pool, count, [&](int64_t id) {
     auto [begin, end] = part(n, 16, id, count);

@@ -70,15 +70,16 @@ def sentencepiece_kind() -> type[Tokenizer]:
     alone, the same ids): a JAX or PyTorch process does not load TensorFlow (0.6 GiB) to tokenize."""
     keras = sys.modules.get("keras")
     backend = keras.config.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
-    try:
-        if backend != "tensorflow":
-            raise ImportError
-        import tensorflow_text  # noqa: F401
-    except ImportError:
-        from llama_tf.tokenizers.sentencepiece_library import SentencePieceLibraryTokenizer
-        return SentencePieceLibraryTokenizer
-    from llama_tf.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
-    return SentencePieceTokenizer
+    if backend == "tensorflow":
+        try:
+            import tensorflow_text  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            from llama_tf.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
+            return SentencePieceTokenizer
+    from llama_tf.tokenizers.sentencepiece_library import SentencePieceLibraryTokenizer
+    return SentencePieceLibraryTokenizer
 
 
 class Tokenizer:
