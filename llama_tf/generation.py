@@ -91,7 +91,8 @@ def _step_in_place(model: keras.Model, ids, cache: list, index, start):
     not in place: a step's time grows with the cache's capacity, as the graph step's does with its
     concatenation: on the 134M shape on 2 cores, 23 ms a token at 128 slots and 46 at 2,048, against
     the graph step's 33 and 51.)"""
-    logits, updated = call_with_cache(model, ids, [(k.value(), v.value()) for k, v in cache], index, start)
+    with kernels.xla_step():   # products by llama_tf's kernels, as XLA custom calls, where they are built
+        logits, updated = call_with_cache(model, ids, [(k.value(), v.value()) for k, v in cache], index, start)
     for (key_variable, value_variable), (keys, values) in zip(cache, updated):
         key_variable.assign(keys)
         value_variable.assign(values)
@@ -99,9 +100,15 @@ def _step_in_place(model: keras.Model, ids, cache: list, index, start):
 
 
 def compiled_greedy_steps(model: keras.Model):
-    """On JAX, `steps(ids, cache, index, start, n) -> (tokens (n, batch), cache)`: n greedy decode steps
-    in one compiled loop (`lax.fori_loop`), each feeding the token the last one picked, so the host
-    waits once per n tokens instead of once per token. None on the other backends."""
+    """`steps(ids, cache, index, start, n) -> (tokens (n, batch), cache)`: n greedy decode steps in one
+    compiled loop, each feeding the token the last one picked, so the host waits once per n tokens
+    instead of once per token: on JAX a `lax.fori_loop`; on TensorFlow a `tf.while_loop` that XLA
+    compiles, on a cache held in variables (`_step_in_place`). None on PyTorch."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        looped = tf.function(functools.partial(_greedy_in_place, model), jit_compile=True)
+        return lambda ids, cache, index, start, n: (looped(ids, cache, index, start, n), cache)
     if keras.backend.backend() != "jax":
         return None
     import jax
@@ -117,6 +124,19 @@ def compiled_greedy_steps(model: keras.Model):
         _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
         return tokens, cache
     return jit_with_weights(model, steps, donated=1, static=4)
+
+
+def _greedy_in_place(model: keras.Model, ids, cache: list, index, start, n: int):
+    "`n` greedy `_step_in_place` steps in a `tf.while_loop`: the tokens picked, (n, batch)."
+    import tensorflow as tf
+
+    def body(i, ids, tokens):
+        picked = tf.argmax(_step_in_place(model, ids, cache, index + i, start), axis=-1, output_type=tf.int32)
+        return i + 1, picked[:, None], tokens.write(i, picked)
+
+    tokens = tf.TensorArray(tf.int32, size=n)
+    _, _, tokens = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), ids, tokens))
+    return tokens.stack()
 
 
 def jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = None):
@@ -144,21 +164,18 @@ class Decoder:
         """`xla` (TensorFlow): decode steps compiled by XLA on a cache held in variables, once per batch
         size and cache length, instead of in the graph step (traced once for every shape, and once for a
         batch of one token, whose products go to llama_tf's compiled ops where they are built: notebook
-        12). XLA removes the graph's per-op overhead but its CPU products are slower. Measured on 2 cores,
-        batch 1 (tokens/s, XLA's against the graph's with the ops): 44 against 37 at 134M parameters in
-        float32; with Q8_0 weights 61 against 66 at 134M and 2.8 against 20.5 at 1.1B. None (the
-        default) uses XLA for float32 models below XLA_MAX_PARAMETERS, and for float32 models with
-        quantised weights (Q8_0 or llama.cpp's 4- to 6-bit blocks: `LLM.quantize`, `dtype="gguf"`) except
-        in a batch of one with the ops built: otherwise the graph would dequantise every block every step."""
+        12). With llama_tf's kernels built, XLA's step calls them too, as custom calls (products and
+        one-token attention), and greedy decoding runs GREEDY_STEPS tokens per call in one XLA loop: None
+        (the default) is then XLA at every size and precision. Without them XLA's CPU products are slower
+        than the graph's, and None uses XLA only for float32 models below XLA_MAX_PARAMETERS and for
+        float32 models with quantised weights, which the graph would dequantise every step."""
         self.model, self.max_seq_len = model, max_seq_len
         tensorflow = keras.backend.backend() == "tensorflow"
         quantized = any(layer.format.quantized for layer in projections(model))
-        default = xla is None
-        if default and tensorflow:
-            xla = model.blocks[0].attention.compute_dtype == "float32" and (
+        if xla is None and tensorflow:
+            xla = kernels.tensorflow_ops() is not None or model.blocks[0].attention.compute_dtype == "float32" and (
                 quantized or model.count_params() < XLA_MAX_PARAMETERS)
         self.in_place = bool(xla) and tensorflow
-        self.one_row_in_graph = default and self.in_place and quantized and kernels.tensorflow_ops() is not None
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees),
@@ -210,10 +227,11 @@ class Decoder:
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
         logits, cache = self.step(ids, None, np.int32(0), start)
-        in_place = self.in_place and not (len(prompts) == 1 and self.one_row_in_graph)
+        in_place = self.in_place
         capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
         # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
-        chunk = GREEDY_STEPS if self.greedy_steps is not None and sampler.temperature == 0 and not vocab_size else 1
+        looped = self.greedy_steps is not None and (in_place or keras.backend.backend() == "jax")
+        chunk = GREEDY_STEPS if looped and sampler.temperature == 0 and not vocab_size else 1
         if vocab_size:
             sampler = functools.partial(_pick_within, sampler, vocab_size)
         finished, step = budget == 0, 0

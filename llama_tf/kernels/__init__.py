@@ -2,8 +2,10 @@
 attention over the key/value cache (`attention.cc`).
 
 `Projection` and `Attention` (notebooks 12 and 05) send a one-token call here on the JAX backend's CPU,
-through `jax.ffi` (`matvec.cc`, `attention.cc`). On TensorFlow the products are also ops (`tf_ops.cc`),
-which `Projection` uses inside `graph_step()`: the `Decoder`'s one-token graph step, never under XLA.
+through `jax.ffi` (`matvec.cc`, `attention.cc`). On TensorFlow the same handlers are registered with
+TensorFlow's own XLA (`tf_xla.cc`), which a step compiled with `jit_compile` reaches inside `xla_step()`
+(the `Decoder`'s decode step on a cache in variables), and the products are also graph ops (`tf_ops.cc`),
+which `Projection` uses inside `graph_step()` (the `Decoder`'s one-token graph step).
 Each library is built on the machine that runs it, at first use (a few seconds) or ahead of time with
 
     python -m llama_tf.kernels
@@ -34,12 +36,12 @@ import warnings
 from pathlib import Path
 
 __all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "matvec_blocks", "attend_one",
-           "build_tensorflow", "tensorflow_ops", "graph_step", "in_graph_step"]
+           "build_tensorflow", "tensorflow_ops", "graph_step", "in_graph_step", "xla_step", "in_xla_step"]
 
 FOLDER = Path(__file__).parent
 SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]            # the JAX library
 HEADERS = [FOLDER / "common.h", FOLDER / "matvec.h", FOLDER / "blocks.h", FOLDER / "xla_ffi.h"]
-TENSORFLOW_SOURCES = [FOLDER / "tf_ops.cc"]                          # the TensorFlow ops
+TENSORFLOW_SOURCES = [FOLDER / "tf_ops.cc", FOLDER / "tf_xla.cc", *SOURCES]   # the ops, and the targets for TF's XLA
 TARGETS = ("llama_tf_matvec", "llama_tf_matvec_q8_0", "llama_tf_matvec_blocks", "llama_tf_attend_one")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 SWITCH = "LLAMA_TF_KERNELS"   # "0": never build or use the kernels
@@ -110,8 +112,9 @@ def build() -> Path:
 
 
 def build_tensorflow() -> Path:
-    """The TensorFlow ops' shared library for this machine (`tf_ops.cc`, against TensorFlow's headers and
-    library), as `build` builds the JAX one. Raises `KernelBuildError` when it cannot be built."""
+    """The TensorFlow library for this machine: the ops (`tf_ops.cc`) and the XLA FFI targets registered with
+    TensorFlow's XLA (`tf_xla.cc` with the JAX library's sources), against TensorFlow's headers and library,
+    as `build` builds the JAX one. Raises `KernelBuildError` when it cannot be built."""
     import tensorflow as tf
 
     flags = ["-w", *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]   # -w: TF's headers warn by the hundred
@@ -143,8 +146,8 @@ def available() -> bool:
 @functools.cache
 def tensorflow_ops():
     """The TensorFlow ops (`llama_tf_matvec`, `llama_tf_matvec_q80`, `llama_tf_matvec_blocks`), built and loaded
-    once per process; None, after a one-line warning, where they cannot be, or without one under
-    LLAMA_TF_KERNELS=0."""
+    once per process, which registers the XLA targets with TensorFlow's XLA too; None, after a one-line
+    warning, where they cannot be, or without one under LLAMA_TF_KERNELS=0."""
     if os.environ.get(SWITCH) == "0":
         return None
     import tensorflow as tf
@@ -156,29 +159,104 @@ def tensorflow_ops():
         return None
 
 
-_GRAPH_STEP = contextvars.ContextVar("llama_tf_graph_step", default=False)
+_STEP = contextvars.ContextVar("llama_tf_step", default=None)   # "graph" or "xla": what is being traced
 
 
 @contextlib.contextmanager
-def graph_step():
-    """While tracing a TensorFlow graph inside this, one-token products go to the TensorFlow ops. Only
-    the `Decoder`'s one-token graph step enters it: a function XLA compiles (`jit_compile`, Keras'
-    `predict`) cannot contain them."""
-    token = _GRAPH_STEP.set(True)
+def _tracing(step: str):
+    token = _STEP.set(step)
     try:
         yield
     finally:
-        _GRAPH_STEP.reset(token)
+        _STEP.reset(token)
+
+
+def graph_step():
+    """While tracing a TensorFlow graph inside this, one-token products go to the TensorFlow ops. Only
+    the `Decoder`'s one-token graph step enters it: a function XLA compiles cannot contain them."""
+    return _tracing("graph")
+
+
+def xla_step():
+    """While tracing a TensorFlow function that XLA compiles (`jit_compile=True`) inside this, products
+    go to the XLA targets, as custom calls (`XlaCallModule`). Only a function that XLA compiles may enter
+    it: TensorFlow cannot run those calls otherwise."""
+    return _tracing("xla")
 
 
 def in_graph_step() -> bool:
     "Whether `graph_step()` is on and the TensorFlow ops are built."
-    return _GRAPH_STEP.get() and tensorflow_ops() is not None
+    return _STEP.get() == "graph" and tensorflow_ops() is not None
+
+
+def in_xla_step() -> bool:
+    "Whether `xla_step()` is on and the TensorFlow library (with its XLA targets) is built."
+    return _STEP.get() == "xla" and tensorflow_ops() is not None
 
 
 def _tensorflow_tensor(x) -> bool:
     tf = sys.modules.get("tensorflow")
     return tf is not None and tf.is_tensor(x)
+
+
+def _on_tensorflow(target: str, op: str, args: list, n: int, **attributes):
+    """x = args[0] (m, k) times the weights in `args[1:]` on TensorFlow, (m, n) in x's dtype: inside
+    `xla_step()` the XLA target `target`, elsewhere the TensorFlow op `op`."""
+    if not in_xla_step():
+        return getattr(tensorflow_ops(), op)(*args, **attributes)
+    x = args[0]
+    return _xla_call(target, args, [((x.shape[0], n), x.dtype)], attributes)[0]
+
+
+XLA_CALL_MODULE_VERSION = 9   # the serialisation that jax.export writes, which TensorFlow's XlaCallModule reads
+
+
+def _xla_call(target: str, args: list, results: list, attributes: dict = {}, aliases: dict = {}) -> list:
+    """The XLA FFI target `target` called on TensorFlow tensors `args` inside `xla_step()`, as a
+    one-operation StableHLO module that TensorFlow's `XlaCallModule` runs: `results` are (shape, dtype),
+    `attributes` bool or int32, `aliases` {result: argument} results written in their argument's buffer."""
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.ops.gen_xla_ops import xla_call_module
+
+    args = [tf.convert_to_tensor(a) for a in args]
+    results = [(tuple(shape), tf.as_dtype(dtype)) for shape, dtype in results]
+    module = _custom_call_module(target, tuple((tuple(a.shape), a.dtype.name) for a in args),
+                                 tuple((shape, dtype.name) for shape, dtype in results),
+                                 tuple(attributes.items()), tuple(aliases.items()))
+    return xla_call_module(args, version=XLA_CALL_MODULE_VERSION, module=module, Sout=[s for s, _ in results],
+                           Tout=[t for _, t in results], platforms=["CPU"])
+
+
+_MLIR_TYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "i8", "uint8": "ui8", "int32": "i32"}
+
+
+@functools.cache
+def _custom_call_module(target: str, operands: tuple, results: tuple, attributes: tuple, aliases: tuple) -> bytes:
+    """A StableHLO module whose `main` is one `custom_call` to `target` (operands and results as
+    (shape, dtype), attributes as (name, value), aliases as (result, operand)), serialised for XlaCallModule."""
+    from tensorflow.compiler.mlir.stablehlo import stablehlo
+
+    def tensor(shape, dtype):
+        return f"tensor<{'x'.join(map(str, (*shape, _MLIR_TYPES[dtype])))}>"
+
+    def attribute(value):
+        return str(value).lower() if isinstance(value, bool) else f"{int(value)} : i32"
+
+    ins, outs = ", ".join(tensor(*o) for o in operands), ", ".join(tensor(*r) for r in results)
+    arguments = ", ".join(f"%arg{i}: {tensor(*o)}" for i, o in enumerate(operands))
+    config = ", ".join(f"{name} = {attribute(value)}" for name, value in attributes)
+    aliased = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{r}], operand_index = {o}, "
+                        "operand_tuple_indices = []>" for r, o in aliases)
+    returned = ", ".join(f"%0#{i}" for i in range(len(results))) if len(results) > 1 else "%0"
+    return stablehlo.serialize_portable_artifact_str(f"""
+module @{target} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{
+  func.func public @main({arguments}) -> ({outs}) {{
+    %0{f":{len(results)}" if len(results) > 1 else ""} = stablehlo.custom_call @{target}({", ".join(f"%arg{i}" for i in range(len(operands)))})
+      {{api_version = 4 : i32, backend_config = {{{config}}}, output_operand_aliases = [{aliased}]}}
+      : ({ins}) -> ({outs})
+    return {returned} : {outs}
+  }}
+}}""", stablehlo.get_current_version())
 
 
 def matvec(x, w, out_in: bool = False):
@@ -187,7 +265,8 @@ def matvec(x, w, out_in: bool = False):
     Differentiable (the gradients are plain products). Call only where `available()`. Given a
     TensorFlow tensor x, TensorFlow's op instead (not differentiable), where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
-        return tensorflow_ops().llama_tf_matvec(x, w, out_in=bool(out_in))
+        n = w.shape[0] if out_in else w.shape[1]
+        return _on_tensorflow("llama_tf_matvec", "llama_tf_matvec", [x, w], n, out_in=bool(out_in))
     import jax
 
     n = w.shape[0] if out_in else w.shape[1]
@@ -215,7 +294,7 @@ def matvec_q8_0(x, q, scales):
     consecutive weights of a row; a JAX array (m, n) in x's dtype. Call only where `available()`. Given a
     TensorFlow tensor x, TensorFlow's op instead, where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
-        return tensorflow_ops().llama_tf_matvec_q80(x, q, scales)
+        return _on_tensorflow("llama_tf_matvec_q8_0", "llama_tf_matvec_q80", [x, q, scales], q.shape[0])
     import jax
 
     out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), x.dtype)
@@ -228,7 +307,8 @@ def matvec_blocks(x, w, ggml_type: int):
     a JAX array (m, n) in x's dtype. Call only where `available()`. Given a TensorFlow tensor x,
     TensorFlow's op instead, where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
-        return tensorflow_ops().llama_tf_matvec_blocks(x, w, ggml_type=int(ggml_type))
+        return _on_tensorflow("llama_tf_matvec_blocks", "llama_tf_matvec_blocks", [x, w], w.shape[0],
+                              ggml_type=int(ggml_type))
     import jax
     import numpy as np
 
@@ -242,6 +322,13 @@ def attend_one(q, k, v, keys, values, index, start=None):
     (batch, 1, heads, head_dim) attention over each row's slots start..index (`start` (batch,), the slot
     where a left-padded row's tokens begin; None: 0), with the updated keys and values: (out, keys,
     values). Call only where `available()`."""
+    if _tensorflow_tensor(q):
+        import tensorflow as tf
+
+        start = tf.zeros((q.shape[0],), "int32") if start is None else tf.cast(start, "int32")
+        return _xla_call("llama_tf_attend_one", [q, k, v, keys, values, tf.reshape(tf.cast(index, "int32"), ()), start],
+                         [(q.shape, q.dtype), (keys.shape, keys.dtype), (values.shape, values.dtype)],
+                         aliases={1: 3, 2: 4})
     import jax
     import jax.numpy as jnp
 

@@ -227,9 +227,10 @@ from .projection import uses_kernel
 
 
 def kernel_step(x, q, k, v, cache, cache_index, start):
-    """`Attention.step_impl`: a one-token step over a cache of fixed length by `kernels.attend_one`, on the
-    JAX backend where `uses_kernel(x)`: (output, keys, values), the cache written in place; else None."""
-    if not cache[0].shape[2] or keras.backend.backend() != "jax" or not uses_kernel(x):
+    """`Attention.step_impl`: a one-token step over a cache of fixed length by `kernels.attend_one`, where
+    `uses_kernel(x)` on JAX or in TensorFlow's XLA step (its graph step has no attention op): (output,
+    keys, values), the cache written in place; else None."""
+    if not cache[0].shape[2] or not uses_kernel(x) or kernels.in_graph_step():
         return None
     return kernels.attend_one(q, k, v, cache[0], cache[1], cache_index, start)
 

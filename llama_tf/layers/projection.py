@@ -38,12 +38,13 @@ def dequantize_q8_0(q, scales, dtype="float32"):
 def uses_kernel(x, rows: int = 1) -> bool:
     """Whether a product with x (..., in) goes to the compiled kernel: at most `rows` rows in flight (one
     token; more where a kernel reads its weights once for all of them), on the JAX backend's CPU with the
-    kernels built (`llama_tf.kernels.available`), or on TensorFlow, one row, inside the `Decoder`'s
-    one-token graph step (`llama_tf.kernels.in_graph_step`), where the kernels are ops."""
+    kernels built (`llama_tf.kernels.available`); on TensorFlow, inside the `Decoder`'s XLA decode step
+    (`llama_tf.kernels.in_xla_step`), where they are XLA custom calls, or one row inside its one-token
+    graph step (`llama_tf.kernels.in_graph_step`), where they are ops."""
     if not all(isinstance(d, int) for d in x.shape[:-1]) or math.prod(x.shape[:-1]) > rows:
         return False
     if keras.backend.backend() == "tensorflow":
-        return math.prod(x.shape[:-1]) == 1 and kernels.in_graph_step()
+        return kernels.in_xla_step() or (math.prod(x.shape[:-1]) == 1 and kernels.in_graph_step())
     if keras.backend.backend() != "jax":
         return False
     import jax
