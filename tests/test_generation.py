@@ -73,6 +73,17 @@ def test_graph_decode_steps_give_what_xla_steps_give(llm):
     np.testing.assert_array_equal(steps[0], steps[1])
 
 
+def test_greedy_steps_in_one_compiled_loop_equal_single_steps(llm):
+    """Greedy decoding by GREEDY_STEPS tokens per compiled loop (JAX's `fori_loop`, TensorFlow's XLA
+    `while_loop` on a cache in variables) gives the tokens of one step per call, alone and in a batch."""
+    prompts = [tokens(llm, p) for p in PROMPTS]
+    looped, single = (Decoder(llm.model, llm.config.max_seq_len) for _ in range(2))
+    assert looped.greedy_steps is not None and (looped.in_place or keras.backend.backend() != "tensorflow")
+    single.greedy_steps = None
+    for batch in (prompts[:1], prompts):
+        np.testing.assert_array_equal(*(np.stack(list(d(batch, 20, Sampler()))) for d in (looped, single)))
+
+
 def test_cached_greedy_equals_uncached_greedy(llm):
     prompt = tokens(llm, PROMPTS[2])
     ids = list(prompt)

@@ -1,7 +1,7 @@
 """The compiled kernels (llama_tf/kernels): built on this machine; the matrix-vector products, through
-jax.ffi and as TensorFlow ops, equal to the plain product within float32 rounding for every layout,
+jax.ffi, as TensorFlow ops and as custom calls in a function TensorFlow's XLA compiles, equal to the plain product within float32 rounding for every layout,
 weight type and odd size (the 4- to 6-bit blocks: of x rounded to int8 as llama.cpp rounds it), and
-differentiable on JAX; the one-token attention equal to softmax attention
+differentiable on JAX; the one-token attention (JAX, TensorFlow's XLA) equal to softmax attention
 computed in float64, writing its slot of the cache and nothing else; replaced by the framework's products
 with a one-line warning where they cannot be built."""
 
@@ -34,8 +34,12 @@ def bound(x, w, dtype):
     return x.shape[1] * 2.0**-24 * magnitude + EPS[dtype] * np.abs(x @ w) + 1e-30
 
 
+FRAMEWORKS = ["jax", "tensorflow", "tensorflow_xla"]
+
+
 def tensor(framework: str, value, dtype: str):
-    "`value` as a JAX array, or a TensorFlow tensor (for llama_tf's TensorFlow ops, built here), of `dtype`."
+    """`value` as a JAX array, or a TensorFlow tensor (for llama_tf's TensorFlow library, built here), of
+    `dtype`."""
     if framework == "jax":
         return jnp.asarray(value, dtype)
     tf = require("tensorflow")
@@ -43,7 +47,20 @@ def tensor(framework: str, value, dtype: str):
     return tf.cast(tf.constant(value), dtype)
 
 
-@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def run(framework: str, function, *args):
+    """`function(*args)`; for "tensorflow_xla" traced inside `kernels.xla_step()` in a function that
+    TensorFlow's XLA compiles, so that the kernels are custom calls in XLA's program."""
+    if framework != "tensorflow_xla":
+        return function(*args)
+    tf = require("tensorflow")
+
+    def compiled(*args):
+        with kernels.xla_step():
+            return function(*args)
+    return tf.function(compiled, jit_compile=True)(*args)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("out_in", [False, True], ids=["in_out", "out_in"])
 @pytest.mark.parametrize("m, k, n", SIZES)
@@ -53,13 +70,13 @@ def test_matvec_equals_the_plain_product(m, k, n, dtype, out_in, framework):
     x, w = tensor(framework, rng.standard_normal((m, k)), dtype), tensor(framework, stored.T if out_in else stored, dtype)
     exact_x, exact_w = np.asarray(x, "float64"), np.asarray(w, "float64")   # the operands as stored
     exact_w = exact_w.T if out_in else exact_w
-    got = kernels.matvec(x, w, out_in)
+    got = run(framework, lambda x, w: kernels.matvec(x, w, out_in), x, w)
     assert got.shape == (m, n) and got.dtype == x.dtype
     error = np.abs(np.asarray(got, "float64") - exact_x @ exact_w)
     assert np.all(error <= bound(exact_x, exact_w, dtype))
 
 
-@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("m, k, n", [(1, 32, 1), (1, 64, 7), (2, 96, 33), (1, 800, 131), (1, 2048, 5632), (1, 8224, 9)])
 def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype, framework):
@@ -67,7 +84,7 @@ def test_q8_0_matvec_equals_the_dequantised_product(m, k, n, dtype, framework):
     q, scales = quantize_q8_0(rng.standard_normal((n, k)))
     x = tensor(framework, rng.standard_normal((m, k)), dtype)
     weights = np.asarray(dequantize_q8_0(q, scales), "float64").T          # (k, n)
-    got = kernels.matvec_q8_0(x, tensor(framework, q, "int8"), tensor(framework, scales, "float16"))
+    got = run(framework, kernels.matvec_q8_0, x, tensor(framework, q, "int8"), tensor(framework, scales, "float16"))
     assert got.shape == (m, n) and got.dtype == x.dtype
     exact_x = np.asarray(x, "float64")
     # x is rounded to int16 per block of 32: each value within 2⁻¹⁶ of its block's largest |x|
@@ -85,7 +102,7 @@ def rounded_as_llama_cpp(x: np.ndarray, group: int) -> np.ndarray:
     return (np.rint(blocks * inverse).astype("float64") * d).reshape(x.shape)
 
 
-@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(BLOCK_TYPES))
 @pytest.mark.parametrize("m, blocks, n", [(1, 1, 1), (1, 3, 5), (2, 4, 33), (3, 9, 17), (1, 8, 2051)])
@@ -100,7 +117,7 @@ def test_block_matvec_equals_the_product_of_x_rounded_as_llama_cpp(m, blocks, n,
     raw = random_blocks(block_type, n, k, rng)
     weights = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(block_type.ggml)).astype("float64").T   # (k, n)
     x = tensor(framework, rng.standard_normal((m, k)), dtype)
-    got = kernels.matvec_blocks(x, tensor(framework, raw, "uint8"), block_type.ggml)
+    got = run(framework, lambda x, w: kernels.matvec_blocks(x, w, block_type.ggml), x, tensor(framework, raw, "uint8"))
     assert got.shape == (m, n) and got.dtype == x.dtype
     rounded = rounded_as_llama_cpp(np.asarray(x, "float64"), block_type.weights)
     error = np.abs(np.asarray(got, "float64") - rounded @ weights)
@@ -122,21 +139,22 @@ def test_under_jit_and_differentiable():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_shapes_that_disagree_are_refused(framework):
-    x, done = tensor(framework, np.ones((1, 64)), "float32"), jax.block_until_ready if framework == "jax" else np.asarray
+    x = tensor(framework, np.ones((1, 64)), "float32")
+
+    def done(function, *args):
+        result = run(framework, function, x, *args)
+        return jax.block_until_ready(result) if framework == "jax" else np.asarray(result)
     with pytest.raises(Exception, match="inner sizes differ"):
-        done(kernels.matvec(x, tensor(framework, np.ones((32, 8)), "float32")))
+        done(kernels.matvec, tensor(framework, np.ones((32, 8)), "float32"))
     with pytest.raises(Exception, match="shapes disagree"):
-        done(kernels.matvec_q8_0(x, tensor(framework, np.ones((8, 64)), "int8"),
-                                 tensor(framework, np.ones((8, 3)), "float16")))
+        done(kernels.matvec_q8_0, tensor(framework, np.ones((8, 64)), "int8"), tensor(framework, np.ones((8, 3)), "float16"))
     blocks = tensor(framework, np.zeros((8, 36)), "uint8")                  # 64 weights a row in Q4_0's 18 bytes a block
-    with pytest.raises(Exception, match="unknown block type"):
-        done(kernels.matvec_blocks(x, blocks, 8))
-    with pytest.raises(Exception, match="not a whole number of the type's blocks"):
-        done(kernels.matvec_blocks(x, blocks, BLOCK_TYPES["q4_k"].ggml))
-    with pytest.raises(Exception, match="do not hold k weights"):
-        done(kernels.matvec_blocks(x, blocks, BLOCK_TYPES["q5_0"].ggml))
+    for ggml_type, why in [(8, "unknown block type"), (BLOCK_TYPES["q4_k"].ggml, "not a whole number of the type's blocks"),
+                           (BLOCK_TYPES["q5_0"].ggml, "do not hold k weights")]:
+        with pytest.raises(Exception, match=why):
+            done(lambda x, w: kernels.matvec_blocks(x, w, ggml_type), blocks)
 
 
 def attention_in_float64(q, keys, values, index, start):
@@ -156,17 +174,19 @@ def attention_in_float64(q, keys, values, index, start):
     return out
 
 
+@pytest.mark.parametrize("framework", ["jax", "tensorflow_xla"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch, heads, kv_heads, dim, slots, index", [
     (1, 4, 4, 64, 16, 0), (1, 8, 2, 64, 128, 77), (2, 6, 3, 20, 9, 8), (3, 32, 4, 64, 300, 299)])
-def test_attend_one_equals_attention_in_float64(batch, heads, kv_heads, dim, slots, index, dtype):
+def test_attend_one_equals_attention_in_float64(batch, heads, kv_heads, dim, slots, index, dtype, framework):
     rng = np.random.default_rng(slots + index)
-    q = jnp.asarray(rng.standard_normal((batch, 1, heads, dim)), dtype)
-    k, v = (jnp.asarray(rng.standard_normal((batch, kv_heads, 1, dim)), dtype) for _ in range(2))
-    keys, values = (jnp.asarray(rng.standard_normal((batch, kv_heads, slots, dim)), dtype) for _ in range(2))
+    q = tensor(framework, rng.standard_normal((batch, 1, heads, dim)), dtype)
+    k, v = (tensor(framework, rng.standard_normal((batch, kv_heads, 1, dim)), dtype) for _ in range(2))
+    keys, values = (tensor(framework, rng.standard_normal((batch, kv_heads, slots, dim)), dtype) for _ in range(2))
     start = np.array([0, index // 2, index + 1][:batch], "int32")    # a row that starts after index sees its own slot
     before = [np.asarray(a, "float64") for a in (keys, values)]
-    out, new_keys, new_values = jax.jit(kernels.attend_one, donate_argnums=(3, 4))(q, k, v, keys, values, index, start)
+    attend = jax.jit(kernels.attend_one, donate_argnums=(3, 4)) if framework == "jax" else kernels.attend_one
+    out, new_keys, new_values = run(framework, attend, q, k, v, keys, values, np.int32(index), start)
     expected_keys, expected_values = (a.copy() for a in before)
     expected_keys[:, :, index], expected_values[:, :, index] = np.asarray(k, "float64")[:, :, 0], np.asarray(v, "float64")[:, :, 0]
     np.testing.assert_array_equal(np.asarray(new_keys, "float64"), expected_keys)      # its slot, and only it

@@ -204,11 +204,27 @@ def model_in(directory, dtype: str):
 TOLERANCE = {"float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2, "q4_k": 0.05, "q5_1": 0.05, "q4_0": 0.05}
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled kernel runs on the JAX backend")
+def compiled(function):
+    """`function` as the decode step runs it: eager on JAX (its kernels are `jax.ffi` calls), and on
+    TensorFlow traced inside `kernels.xla_step()` in a function that XLA compiles (custom calls)."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    from llama_tf import kernels
+
+    def traced(*args):
+        with kernels.xla_step():
+            return function(*args)
+    return tf.function(traced, jit_compile=True)
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("jax", "tensorflow"), reason="the kernels run on JAX and TensorFlow")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "q8_0", "q4_k", "q5_1", "q4_0"])
 def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch):
-    """A one-token step through the compiled kernels (products and attention) equals the same step by
-    XLA's products and attention; greedy text too."""
+    """A one-token step through the compiled kernels (products and attention: on JAX by `jax.ffi`, on
+    TensorFlow as custom calls in the step XLA compiles) equals the same step by XLA's products and
+    attention; greedy text too."""
     from llama_tf import kernels
     from llama_tf.layers import attention, projection
     from llama_tf.model import call_with_cache, new_cache
@@ -216,15 +232,16 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     llm = model_in(directory, dtype)
     ids, start = token_ids[:, :12].astype("int32"), np.zeros(1, "int32")
     _, cache = call_with_cache(llm.model, ids, new_cache(llm.model, 1, 16), 0, start)
-    assert projection.uses_kernel(np.zeros((1, 1, 128), "float32"))
+    with kernels.xla_step() if keras.backend.backend() == "tensorflow" else contextlib.nullcontext():
+        assert projection.uses_kernel(np.zeros((1, 1, 128), "float32"))
     products = []   # every projection's product goes to a kernel: here, the blocks' one
     matvec_blocks = kernels.matvec_blocks
     monkeypatch.setattr(kernels, "matvec_blocks", lambda *a: products.append(1) or matvec_blocks(*a))
-    step = (llm.model, token_ids[:, 12:13].astype("int32"), cache, 12, start)
+    step = (token_ids[:, 12:13].astype("int32"), cache, np.int32(12), start)
     calls = []   # notebook 12's `kernel_step`, plugged into `Attention.step_impl`, takes every block's step
     attend_one = kernels.attend_one
     monkeypatch.setattr(kernels, "attend_one", lambda *a: calls.append(1) or attend_one(*a))
-    ours = np.asarray(call_with_cache(*step)[0])
+    ours = np.asarray(compiled(lambda *step: call_with_cache(llm.model, *step)[0])(*step))
     assert len(calls) == llm.config.n_layers
     quantized = [layer for layer in projections(llm.model) if layer.weights_format in QUANTIZERS]
     assert len(products) == len(quantized) and (dtype not in QUANTIZERS or quantized)
@@ -232,7 +249,7 @@ def test_kernel_steps_equal_plain_steps(directory, token_ids, dtype, monkeypatch
     expected_text = llm.generate_ids(token_ids[0, :8].tolist(), 8, stop_ids=())
     for module in (projection, attention):
         monkeypatch.setattr(module, "uses_kernel", lambda x, rows=1: False)
-    plain = np.asarray(call_with_cache(*step)[0])
+    plain = np.asarray(compiled(lambda *step: call_with_cache(llm.model, *step)[0])(*step))
     # float32 within 1e-5 of the logits' scale; Q8_0 within 1e-4 (the kernel rounds x to int16 per block
     # of 32); bfloat16 within 2e-2 (XLA rounds the products' inputs and the attention weights to bfloat16);
     # the 4- to 6-bit blocks within 5e-2 (measured 1.7e-2 to 2.4e-2: x rounded to int8, as llama.cpp rounds
