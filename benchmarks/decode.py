@@ -106,9 +106,9 @@ def _measure(generate, vocab: int, new_tokens: int, batches=(1, BATCH), repeats:
 
 def worker_llama_tf(model_dir: Path, dtype: str, tokenizer: Path, new_tokens: int, run: dict,
                     xla: bool | None = None, **_) -> dict:
-    """llama_tf's default decode route: on TensorFlow, XLA's steps for float32 below 500M parameters, else
-    the graph's, whose one-token products are llama_tf's ops (`llama_tf_graph`: always the graph's;
-    `llama_tf_plain`: the ops off, TensorFlow's products, as before issue 13)."""
+    """llama_tf's default decode route: on TensorFlow, XLA's steps, whose one-token products and attention
+    are llama_tf's kernels as custom calls (`llama_tf_graph`: the graph's steps, whose one-token products
+    are llama_tf's ops; `llama_tf_plain`: the kernels off, TensorFlow's products, as before issue 13)."""
     import llama_tf
     from llama_tf.generation import Decoder
     from llama_tf.sampling import Sampler

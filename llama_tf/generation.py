@@ -87,10 +87,11 @@ def compiled_step(model: keras.Model):
 
 def _step_in_place(model: keras.Model, ids, cache: list, index, start):
     """`call_with_cache` on a cache held in variables (TensorFlow): the fixed-length cache is read,
-    its new slots written by `slice_update`, and assigned back. Returns the logits. (The assignment is
-    not in place: a step's time grows with the cache's capacity, as the graph step's does with its
-    concatenation: on the 134M shape on 2 cores, 23 ms a token at 128 slots and 46 at 2,048, against
-    the graph step's 33 and 51.)"""
+    its new slots written and assigned back; traced inside `kernels.xla_step()`, so that with the kernels
+    built the products and the one-token attention are llama_tf's, and the attention writes the new slot
+    into the variable's own buffer (XLA aliases it). Returns the logits. (Without the kernels the
+    assignment is not in place: a step's time grows with the cache's capacity, on the 134M shape on
+    2 cores 23 ms a token at 128 slots and 46 at 2,048.)"""
     with kernels.xla_step():   # products by llama_tf's kernels, as XLA custom calls, where they are built
         logits, updated = call_with_cache(model, ids, [(k.value(), v.value()) for k, v in cache], index, start)
     for (key_variable, value_variable), (keys, values) in zip(cache, updated):

@@ -22,7 +22,7 @@ from llama_tf.loading import build_model
 from llama_tf.chat import named_for_chat
 from llama_tf.config import LlamaConfig
 from llama_tf.generation import Decoder, TextStream
-from llama_tf.ggml_blocks import BLOCK_TYPES, FALLBACK, QUANTIZERS
+from llama_tf.ggml_blocks import QUANTIZERS, stored_type
 from llama_tf.sampling import Sampler
 from llama_tf.tokenizers.search import open_tokenizer
 from llama_tf.tokenizers.tokenizer import Tokenizer
@@ -98,8 +98,8 @@ class LLM:
         """Store every projection's weights in llama.cpp's blocks, in place: "q8_0" (a float16 scale per 32
         weights, a quarter of float32's bytes), "q4_0", "q5_0", "q5_1" or "q4_k" (4 to 6 bits a weight,
         notebook 15; as llama.cpp does, a layer whose input width is not a multiple of q4_k's 256 gets
-        q5_0). A one-token step reads them with llama_tf's compiled kernels (JAX on a CPU, and
-        TensorFlow's graph step). For inference (the blocks are not trained). Returns self."""
+        q5_0). A one-token step reads them with llama_tf's compiled kernels (on a CPU, on JAX and in
+        TensorFlow's XLA step). For inference (the blocks are not trained). Returns self."""
         from llama_tf.layers.projection import projections, weight_format
 
         if mode not in QUANTIZE_MODES:
@@ -107,8 +107,7 @@ class LLM:
         layers = projections(self.model)
         formats = {}
         for layer in layers:   # every width checked before any layer changes
-            fits = mode not in FALLBACK or layer.in_features % BLOCK_TYPES[mode].weights == 0
-            formats[layer] = mode if fits else FALLBACK[mode]
+            formats[layer] = stored_type(mode, layer.in_features)
             weight_format(formats[layer]).check(layer, layer.in_features)
         for layer in layers:
             layer.to_format(formats[layer])

@@ -146,33 +146,30 @@ def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
         del array
         return keras.ops.cast(tensor, variable.dtype)
 
-    def load_q8_0(name, layer):
-        "The blocks as the file stores them, else the tensor quantised: (int8 (out, in), float16 scales)."
+    def as_stored(name, expected, stored, quantize, scales_of):
+        """`stored()` where the file holds the tensor in the layer's format (its shape `expected`), else
+        the tensor `quantize`d; either way the scales (`scales_of` the result) must be finite."""
         ref = tensors[name]
-        expected = tuple(layer.q8_weights.shape)
-        if ref.load_q8_0 is not None:
+        if stored is not None:
             if ref.shape is not None and tuple(ref.shape) != expected:
                 raise shape_error(name, ref, tuple(ref.shape), expected, config)
-            q, scales = ref.load_q8_0()
+            result = stored()
         else:
-            q, scales = quantize_q8_0(read(name, expected))
-        if _has_non_finite(scales):
+            result = quantize(read(name, expected))
+        if _has_non_finite(scales_of(result)):
             raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
-        return q, scales
+        return result
+
+    def load_q8_0(name, layer):
+        "The blocks as the file stores them, else the tensor quantised: (int8 (out, in), float16 scales)."
+        return as_stored(name, tuple(layer.q8_weights.shape), tensors[name].load_q8_0, quantize_q8_0, lambda qs: qs[1])
 
     def load_blocks(name, layer):
         "The blocks as the file stores them, if it stores this layer's type, else the tensor quantised."
         ref, block_type = tensors[name], BLOCK_TYPES[layer.weights_format]
-        expected = (layer.units, layer.in_features)
-        if ref.load_blocks is not None and ref.block_type == block_type.name:
-            if ref.shape is not None and tuple(ref.shape) != expected:
-                raise shape_error(name, ref, tuple(ref.shape), expected, config)
-            blocks = ref.load_blocks()
-        else:
-            blocks = quantize_blocks(read(name, expected), block_type)
-        if _has_non_finite(scale_fields(blocks, block_type)):
-            raise CheckpointError(f"tensor {name!r} ({ref.source}) holds NaN or infinite scales")
-        return backend_tensor(blocks)
+        stored = ref.load_blocks if ref.block_type == block_type.name else None
+        return backend_tensor(as_stored(name, (layer.units, layer.in_features), stored,
+                                        lambda w: quantize_blocks(w, block_type), lambda b: scale_fields(b, block_type)))
 
     def q8_0_pair(name, layer):
         "Loaders of the weights and of the scales: the first read keeps the (small) scales for the second."

@@ -30,7 +30,7 @@ from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, read_a
 from llama_tf.formats.gguf_header import check_gguf_header
 from llama_tf.formats.staging import staged_file
 from llama_tf.config import LlamaConfig
-from llama_tf.ggml_blocks import BLOCK_TYPES, FALLBACK, quantize_blocks
+from llama_tf.ggml_blocks import BLOCK_TYPES, quantize_blocks, stored_type
 from llama_tf.llama3_vocabulary import LLAMA3_PATTERN
 from llama_tf.q8_0 import split_q8_0
 from llama_tf.rope import rope_frequencies
@@ -360,7 +360,6 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
         raise ValueError(f"GGUF tensor type {dtype!r}: llama_tf writes {', '.join(WRITE_TYPES)}")
     names = {meta: gguf_name for gguf_name, meta in _TOP.items()}
     layer_names = {meta: gguf_name for gguf_name, meta in _LAYER.items()}
-    kind = getattr(gguf.GGMLQuantizationType, dtype)
 
     def target(name: str) -> str:
         parts = name.removesuffix(".weight").split(".")
@@ -376,10 +375,9 @@ def write_gguf(path: str | Path, config: LlamaConfig, tensors: dict, vocabulary:
                     / np.asarray(rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)))
         plan.append(("rope_freqs.weight", divisors.shape, gguf.GGMLQuantizationType.F32,
                      lambda d=divisors.astype("float32"): d))
-    fallback = getattr(gguf.GGMLQuantizationType, FALLBACK.get(dtype.lower(), dtype).upper())
     for name, load in tensors.items():
         shape = shapes[name]
-        stored = kind if shape[-1] % gguf.GGML_QUANT_SIZES[kind][0] == 0 else fallback
+        stored = getattr(gguf.GGMLQuantizationType, stored_type(dtype.lower(), shape[-1]).upper())
         plan.append((target(name), shape, stored if len(shape) == 2 else gguf.GGMLQuantizationType.F32, load))
 
     def encoded(array: np.ndarray, stored) -> np.ndarray:

@@ -36,7 +36,8 @@ import warnings
 from pathlib import Path
 
 __all__ = ["KernelBuildError", "build", "available", "matvec", "matvec_q8_0", "matvec_blocks", "attend_one",
-           "build_tensorflow", "tensorflow_ops", "graph_step", "in_graph_step", "xla_step", "in_xla_step"]
+           "build_tensorflow", "tensorflow_ops", "graph_step", "in_graph_step", "xla_step", "in_xla_step",
+           "stablehlo_custom_call"]
 
 FOLDER = Path(__file__).parent
 SOURCES = [FOLDER / "matvec.cc", FOLDER / "attention.cc"]            # the JAX library
@@ -213,29 +214,28 @@ XLA_CALL_MODULE_VERSION = 9   # the serialisation that jax.export writes, which 
 
 def _xla_call(target: str, args: list, results: list, attributes: dict = {}, aliases: dict = {}) -> list:
     """The XLA FFI target `target` called on TensorFlow tensors `args` inside `xla_step()`, as a
-    one-operation StableHLO module that TensorFlow's `XlaCallModule` runs: `results` are (shape, dtype),
-    `attributes` bool or int32, `aliases` {result: argument} results written in their argument's buffer."""
+    one-operation StableHLO module (`stablehlo_custom_call`) that TensorFlow's `XlaCallModule` runs:
+    `results` are (shape, dtype), `attributes` bool or int32, `aliases` {result: argument} results written
+    in their argument's buffer."""
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.ops.gen_xla_ops import xla_call_module
 
     args = [tf.convert_to_tensor(a) for a in args]
     results = [(tuple(shape), tf.as_dtype(dtype)) for shape, dtype in results]
-    module = _custom_call_module(target, tuple((tuple(a.shape), a.dtype.name) for a in args),
+    text = stablehlo_custom_call(target, tuple((tuple(a.shape), a.dtype.name) for a in args),
                                  tuple((shape, dtype.name) for shape, dtype in results),
                                  tuple(attributes.items()), tuple(aliases.items()))
-    return xla_call_module(args, version=XLA_CALL_MODULE_VERSION, module=module, Sout=[s for s, _ in results],
-                           Tout=[t for _, t in results], platforms=["CPU"])
+    return xla_call_module(args, version=XLA_CALL_MODULE_VERSION, module=_serialized(text),
+                           Sout=[shape for shape, _ in results], Tout=[dtype for _, dtype in results], platforms=["CPU"])
 
 
 _MLIR_TYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "i8", "uint8": "ui8", "int32": "i32"}
 
 
-@functools.cache
-def _custom_call_module(target: str, operands: tuple, results: tuple, attributes: tuple, aliases: tuple) -> bytes:
-    """A StableHLO module whose `main` is one `custom_call` to `target` (operands and results as
-    (shape, dtype), attributes as (name, value), aliases as (result, operand)), serialised for XlaCallModule."""
-    from tensorflow.compiler.mlir.stablehlo import stablehlo
-
+def stablehlo_custom_call(target: str, operands: tuple, results: tuple, attributes: tuple = (), aliases: tuple = ()) -> str:
+    """The text of a StableHLO module whose `main` is one `custom_call` to the XLA FFI target `target`:
+    operands and results as (shape, dtype name), attributes as (name, bool or int32), aliases as
+    (result, operand) pairs whose result is written in the operand's buffer."""
     def tensor(shape, dtype):
         return f"tensor<{'x'.join(map(str, (*shape, _MLIR_TYPES[dtype])))}>"
 
@@ -247,23 +247,32 @@ def _custom_call_module(target: str, operands: tuple, results: tuple, attributes
     config = ", ".join(f"{name} = {attribute(value)}" for name, value in attributes)
     aliased = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{r}], operand_index = {o}, "
                         "operand_tuple_indices = []>" for r, o in aliases)
-    returned = ", ".join(f"%0#{i}" for i in range(len(results))) if len(results) > 1 else "%0"
-    return stablehlo.serialize_portable_artifact_str(f"""
-module @{target} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{
+    several = len(results) > 1
+    returned = ", ".join(f"%0#{i}" for i in range(len(results))) if several else "%0"
+    return f"""module @{target} {{
   func.func public @main({arguments}) -> ({outs}) {{
-    %0{f":{len(results)}" if len(results) > 1 else ""} = stablehlo.custom_call @{target}({", ".join(f"%arg{i}" for i in range(len(operands)))})
+    %0{f":{len(results)}" if several else ""} = stablehlo.custom_call @{target}({", ".join(f"%arg{i}" for i in range(len(operands)))})
       {{api_version = 4 : i32, backend_config = {{{config}}}, output_operand_aliases = [{aliased}]}}
       : ({ins}) -> ({outs})
     return {returned} : {outs}
   }}
-}}""", stablehlo.get_current_version())
+}}"""
+
+
+@functools.cache
+def _serialized(text: str) -> bytes:
+    "A StableHLO module's text as the portable artifact that XlaCallModule reads."
+    from tensorflow.compiler.mlir.stablehlo import stablehlo
+
+    return stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
 
 
 def matvec(x, w, out_in: bool = False):
     """x (m, k) · W on the CPU by the kernel, a JAX array (m, n) in x's dtype (float32 or bfloat16); W
     (float32 or bfloat16) is (k, n), a Dense kernel, or with `out_in` (n, k), an embedding table.
     Differentiable (the gradients are plain products). Call only where `available()`. Given a
-    TensorFlow tensor x, TensorFlow's op instead (not differentiable), where `tensorflow_ops()`."""
+    TensorFlow tensor x, TensorFlow's op, or inside `xla_step()` the XLA target (not differentiable),
+    where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
         n = w.shape[0] if out_in else w.shape[1]
         return _on_tensorflow("llama_tf_matvec", "llama_tf_matvec", [x, w], n, out_in=bool(out_in))
@@ -292,7 +301,7 @@ def matvec(x, w, out_in: bool = False):
 def matvec_q8_0(x, q, scales):
     """x (m, k) · Wᵀ for W stored as Q8_0: int8 q (n, k), float16 scales (n, k // 32), each scaling 32
     consecutive weights of a row; a JAX array (m, n) in x's dtype. Call only where `available()`. Given a
-    TensorFlow tensor x, TensorFlow's op instead, where `tensorflow_ops()`."""
+    TensorFlow tensor x, TensorFlow's op, or inside `xla_step()` the XLA target, where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
         return _on_tensorflow("llama_tf_matvec_q8_0", "llama_tf_matvec_q80", [x, q, scales], q.shape[0])
     import jax
@@ -305,7 +314,7 @@ def matvec_blocks(x, w, ggml_type: int):
     """x (m, k) · Wᵀ for W's n rows stored as llama.cpp's blocks of GGML type `ggml_type` (Q4_0 2, Q5_0 6,
     Q5_1 7, Q4_K 12, Q5_K 13, Q6_K 14; `kernels/blocks.h`): uint8 W (n, bytes of a row), as GGUF stores it;
     a JAX array (m, n) in x's dtype. Call only where `available()`. Given a TensorFlow tensor x,
-    TensorFlow's op instead, where `tensorflow_ops()`."""
+    TensorFlow's op, or inside `xla_step()` the XLA target, where `tensorflow_ops()`."""
     if _tensorflow_tensor(x):
         return _on_tensorflow("llama_tf_matvec_blocks", "llama_tf_matvec_blocks", [x, w], w.shape[0],
                               ggml_type=int(ggml_type))
