@@ -493,9 +493,12 @@ def versions() -> str:
 
 
 def best_of_rounds(runs: list[dict]) -> list[dict]:
-    "One row per (shape, dtype, peer): its first round's, with each speed the best over the rounds."
+    """One row per (shape, dtype, peer): its first round's (its first that did not fail), with each speed the
+    best over the rounds."""
     rows = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda run: "error" in run):   # stable: the rounds' order otherwise
+        if "error" in run and (run["shape"], run["dtype"], run["peer"]) in rows:
+            continue
         key = (run["shape"], run["dtype"], run["peer"])
         if key not in rows:
             rows[key] = dict(run)

@@ -180,11 +180,14 @@ class Decoder:
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees),
-        # to a multiple of CACHE_BLOCK; where every projection's kernel multiplies several rows at once
-        # (llama.cpp's 4- to 6-bit blocks), a short prompt to a power of two from 8 up to those rows.
+        # to a multiple of CACHE_BLOCK. Where every projection's kernel multiplies several rows at once
+        # (llama.cpp's 4- to 6-bit blocks), a short prompt goes to the kernels, padded to a power of two
+        # from 8 up to those rows: on JAX in its prefill, on TensorFlow in XLA's step on the variables'
+        # cache (its graph's prefill would dequantise every matrix).
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
         rows = min(layer.format.kernel_rows for layer in projections(model))
-        self.short_widths = [w for w in (8, 16, 32) if w <= rows] if keras.backend.backend() == "jax" else []
+        compiled = keras.backend.backend() == "jax" or self.in_place and kernels.tensorflow_ops() is not None
+        self.short_widths = [w for w in (8, 16, 32) if w <= rows] if compiled else []
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = (), vocab_size: int | None = None) -> Iterator[np.ndarray]:
@@ -227,9 +230,14 @@ class Decoder:
         # length from the start would be alive twice during the prefill: the empty ones and the written.)
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
-        logits, cache = self.step(ids, None, np.int32(0), start)
         in_place = self.in_place
-        capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
+        if in_place and width in self.short_widths:   # TensorFlow: the kernels' prefill, in XLA's step
+            cache = new_cache(self.model, len(prompts), 0)
+            capacity = _grow(cache, 0, min(slots, width + 4 * CACHE_BLOCK), in_place)
+            logits, cache = self.step(ids, cache, np.int32(0), start)
+        else:
+            logits, cache = self.step(ids, None, np.int32(0), start)
+            capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
         # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
         looped = self.greedy_steps is not None and (in_place or keras.backend.backend() == "jax")
         chunk = GREEDY_STEPS if looped and sampler.temperature == 0 and not vocab_size else 1

@@ -302,14 +302,16 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
     np.testing.assert_array_equal(texts[0], texts[1])
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled kernel runs on the JAX backend")
+@pytest.mark.skipif(keras.backend.backend() not in ("jax", "tensorflow"), reason="the kernels run on JAX and TensorFlow")
 def test_kernel_steps_take_short_prompts_in_blocks(directory, token_ids, monkeypatch):
     """With llama.cpp's blocks a prompt of up to 32 tokens goes to the kernel too (which reads each block
-    once for all its rows), padded to 8, 16 or 32: the Decoder's first logits equal the plain prompt's
-    within the 8-bit rounding of x (5e-2, as the one-token steps)."""
+    once for all its rows), padded to 8, 16 or 32 (on TensorFlow in XLA's step, on the cache in
+    variables): the Decoder's first logits equal the plain prompt's within the 8-bit rounding of x (5e-2,
+    as the one-token steps)."""
     from llama_tf import kernels
-    from llama_tf.generation import Decoder
+    from llama_tf.generation import Decoder, _grow
     from llama_tf.layers import projection
+    from llama_tf.model import new_cache
 
     llm = model_in(directory, "q4_k")
     decoder = Decoder(llm.model, 64)
@@ -318,7 +320,11 @@ def test_kernel_steps_take_short_prompts_in_blocks(directory, token_ids, monkeyp
     matvec_blocks = kernels.matvec_blocks
     monkeypatch.setattr(kernels, "matvec_blocks", lambda x, *a: shapes.append(x.shape) or matvec_blocks(x, *a))
     prompt = token_ids[0, :5].astype("int32")
-    logits, _ = decoder.step(np.pad(prompt, (3, 0))[None], None, np.int32(0), np.array([3], "int32"))
+    cache = None
+    if keras.backend.backend() == "tensorflow":   # the Decoder's short prefill there: XLA's step on variables
+        cache = new_cache(llm.model, 1, 0)
+        _grow(cache, 0, 64, in_place=True)
+    logits, _ = decoder.step(np.pad(prompt, (3, 0))[None], cache, np.int32(0), np.array([3], "int32"))
     assert sum(s[0] == 8 for s in shapes) == 7 * len(llm.model.blocks)   # the output projection: the last row only
     monkeypatch.setattr(projection, "uses_kernel", lambda x, rows=1: False)
     plain = np.asarray(llm.model(prompt[None]))[:, -1]
