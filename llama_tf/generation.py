@@ -180,14 +180,15 @@ class Decoder:
         self.step = compiled_step(model)
         self.greedy_steps = compiled_greedy_steps(model)
         # JAX compiles once per prompt width: widths are rounded up (more left padding, which no row sees),
-        # to a multiple of CACHE_BLOCK. Where every projection's kernel multiplies several rows at once
-        # (llama.cpp's 4- to 6-bit blocks), a short prompt goes to the kernels, padded to a power of two
-        # from 8 up to those rows: on JAX in its prefill, on TensorFlow in XLA's step on the variables'
-        # cache (its graph's prefill would dequantise every matrix).
+        # to a multiple of CACHE_BLOCK, and a short prompt to 8, 16 or 32 tokens, which XLA's step takes
+        # (on TensorFlow, on the variables' cache: no graph's per-op overhead), its products by the kernels
+        # where they multiply several rows at once (llama.cpp's 4- to 6-bit blocks), else by XLA. Not
+        # bfloat16 on TensorFlow, whose graph multiplies bfloat16 faster than XLA's CPU product does.
         self.width_multiple = CACHE_BLOCK if keras.backend.backend() == "jax" else 1
-        rows = min(layer.format.kernel_rows for layer in projections(model))
-        compiled = keras.backend.backend() == "jax" or self.in_place and kernels.tensorflow_ops() is not None
-        self.short_widths = [w for w in (8, 16, 32) if w <= rows] if compiled else []
+        bfloat16 = model.blocks[0].attention.compute_dtype == "bfloat16"
+        compiled = keras.backend.backend() == "jax" or (
+            self.in_place and kernels.tensorflow_ops() is not None and not bfloat16)
+        self.short_widths = [8, 16, 32] if compiled else []
 
     def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampler: Sampler,
                  stop_ids: Sequence[int] = (), vocab_size: int | None = None) -> Iterator[np.ndarray]:
@@ -231,7 +232,7 @@ class Decoder:
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
         in_place = self.in_place
-        if in_place and width in self.short_widths:   # TensorFlow: the kernels' prefill, in XLA's step
+        if in_place and width in self.short_widths:   # TensorFlow: a short prompt in XLA's step
             cache = new_cache(self.model, len(prompts), 0)
             capacity = _grow(cache, 0, min(slots, width + 4 * CACHE_BLOCK), in_place)
             logits, cache = self.step(ids, cache, np.int32(0), start)

@@ -108,7 +108,6 @@ class WeightFormat:
     name: str
     variables: tuple[str, ...]
     quantized = False   # whether W is rounded to few bits (for inference: not trained)
-    kernel_rows = 1     # how many rows its kernel multiplies at once, reading W once for all
 
     def check(self, layer, in_features: int) -> None:
         "Raise ValueError if `layer` cannot hold `in_features` inputs in this format."
@@ -332,7 +331,7 @@ BLOCK_KERNEL_ROWS = 32   # up to this many rows (a short prompt) the kernel read
 class GGMLBlocks(WeightFormat):
     """`blocks` uint8 (units, bytes of a row): W's rows in llama.cpp's blocks of one `BlockType` (q4_0,
     q5_0, q5_1, q4_k, q5_k, q6_k), the bytes a GGUF file holds; not trained."""
-    variables, quantized, kernel_rows = ("blocks",), True, BLOCK_KERNEL_ROWS
+    variables, quantized = ("blocks",), True
 
     def __init__(self, block_type: BlockType):
         self.type, self.name = block_type, block_type.name
