@@ -255,6 +255,18 @@ def write_llama2c_tokenizer(tokenizer_proto: bytes, path: Path) -> Path:
     return path
 
 
+def in_xla_step(function):
+    """`function` traced inside `kernels.xla_step()` in a `tf.function` that TensorFlow's XLA compiles, so
+    that llama_tf's kernels are custom calls in XLA's program."""
+    tf = require("tensorflow")
+    from llama_tf import kernels
+
+    def traced(*args):
+        with kernels.xla_step():
+            return function(*args)
+    return tf.function(traced, jit_compile=True)
+
+
 def random_blocks(block_type, rows: int, columns: int, rng) -> np.ndarray:
     """uint8 (rows, row bytes) of random bytes in `block_type`'s blocks (`llama_tf.ggml_blocks.BLOCK_TYPES`):
     every bit pattern is a valid block once its float16 scales are finite, so these are set to small numbers."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from reference import random_blocks
+from reference import in_xla_step, random_blocks
 
 jax = require("jax")
 jnp = jax.numpy
@@ -50,14 +50,7 @@ def tensor(framework: str, value, dtype: str):
 def run(framework: str, function, *args):
     """`function(*args)`; for "tensorflow_xla" traced inside `kernels.xla_step()` in a function that
     TensorFlow's XLA compiles, so that the kernels are custom calls in XLA's program."""
-    if framework != "tensorflow_xla":
-        return function(*args)
-    tf = require("tensorflow")
-
-    def compiled(*args):
-        with kernels.xla_step():
-            return function(*args)
-    return tf.function(compiled, jit_compile=True)(*args)
+    return (in_xla_step(function) if framework == "tensorflow_xla" else function)(*args)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -17,7 +17,7 @@ from llama_tf.loading import model_state
 from llama_tf.layers.projection import (WEIGHT_FORMATS, FloatOutIn, Projection, dequantize_q8_0, projections,
                                         quantize_q8_0)
 from conftest import require, shared_path
-from reference import hf_model, max_relative_error, write_hf
+from reference import hf_model, in_xla_step, max_relative_error, write_hf
 
 SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
              num_hidden_layers=2, vocab_size=384)
@@ -207,16 +207,7 @@ TOLERANCE = {"float32": 1e-5, "q8_0": 1e-4, "bfloat16": 2e-2, "q4_k": 0.05, "q5_
 def compiled(function):
     """`function` as the decode step runs it: eager on JAX (its kernels are `jax.ffi` calls), and on
     TensorFlow traced inside `kernels.xla_step()` in a function that XLA compiles (custom calls)."""
-    if keras.backend.backend() != "tensorflow":
-        return function
-    import tensorflow as tf
-
-    from llama_tf import kernels
-
-    def traced(*args):
-        with kernels.xla_step():
-            return function(*args)
-    return tf.function(traced, jit_compile=True)
+    return in_xla_step(function) if keras.backend.backend() == "tensorflow" else function
 
 
 @pytest.mark.skipif(keras.backend.backend() not in ("jax", "tensorflow"), reason="the kernels run on JAX and TensorFlow")

@@ -273,12 +273,11 @@ def matvec(x, w, out_in: bool = False):
     Differentiable (the gradients are plain products). Call only where `available()`. Given a
     TensorFlow tensor x, TensorFlow's op, or inside `xla_step()` the XLA target (not differentiable),
     where `tensorflow_ops()`."""
+    n = w.shape[0] if out_in else w.shape[1]
     if _tensorflow_tensor(x):
-        n = w.shape[0] if out_in else w.shape[1]
         return _on_tensorflow("llama_tf_matvec", "llama_tf_matvec", [x, w], n, out_in=bool(out_in))
     import jax
 
-    n = w.shape[0] if out_in else w.shape[1]
 
     @jax.custom_vjp
     def product(x, w):
