@@ -23,7 +23,7 @@ from llama_tf.distribution import place
 from llama_tf.formats.base import Checkpoint, CheckpointError, TensorRef, check_names, shape_error, validate
 from llama_tf.formats.hf import write_hf
 from llama_tf.keras_internals import forget_pending_variables, pending_variables, set_initializer
-from llama_tf.layers.projection import Projection, projections
+from llama_tf.layers.projection import Projection, projections, use_blocks
 from llama_tf.ggml_blocks import BLOCK_TYPES, quantize_blocks, scale_fields
 from llama_tf.q8_0 import quantize_q8_0
 from llama_tf.quiet import float16_notice_dropped
@@ -37,8 +37,10 @@ def model_variables(model) -> dict:
     """Meta tensor name -> (Keras variable, whether the file stores it transposed).
     A `Projection` kernel is `(in, out)`, the transpose of PyTorch's `Linear.weight`; a "float_out_in"
     weight is (out, in), as the file's; a projection that holds quantised blocks (Q8_0, or llama.cpp's 4- to
-    6-bit ones) appears as the layer itself (its blocks are (out, in) too)."""
-    table = {"tok_embeddings.weight": (model.tok_embeddings.embeddings, False),
+    6-bit ones) appears as the layer itself (its blocks are (out, in) too), and so does an embedding table
+    held in blocks (`use_blocks`)."""
+    embedding = model.tok_embeddings
+    table = {"tok_embeddings.weight": (embedding, False) if embedding.widen else (embedding.embeddings, False),
              "norm.weight": (model.norm.weight, False)}
     table.update({name: _projection_weights(layer) for name, layer in model_projections(model).items()})
     for i, block in enumerate(model.blocks):
@@ -65,10 +67,12 @@ def _projection_weights(layer: Projection) -> tuple:
 
 def model_state(model) -> dict[str, np.ndarray]:
     """The model's weights under Meta's names and in Meta's orientation (what `consolidated.00.pth` holds);
-    Q8_0 projections dequantised to float32."""
+    quantised projections and an embedding table in blocks dequantised to float32."""
     def state(var, transposed):
         if isinstance(var, Projection):
             return keras.ops.convert_to_numpy(var.format.matrix(var))
+        if isinstance(var, keras.layers.Layer):   # the embedding table, in blocks
+            return keras.ops.convert_to_numpy(var.widen(var.embeddings))
         return np.asarray(var).T if transposed else np.asarray(var)
     return {name: state(*entry) for name, entry in model_variables(model).items()}
 
@@ -164,12 +168,13 @@ def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
         "The blocks as the file stores them, else the tensor quantised: (int8 (out, in), float16 scales)."
         return as_stored(name, tuple(layer.q8_weights.shape), tensors[name].load_q8_0, quantize_q8_0, lambda qs: qs[1])
 
-    def load_blocks(name, layer):
-        "The blocks as the file stores them, if it stores this layer's type, else the tensor quantised."
-        ref, block_type = tensors[name], BLOCK_TYPES[layer.weights_format]
+    def load_blocks(name, block_type, shape):
+        """The blocks as the file stores them, if it stores the tensor (of `shape`) in `block_type`, else the
+        tensor quantised."""
+        ref = tensors[name]
         stored = ref.load_blocks if ref.block_type == block_type.name else None
-        return backend_tensor(as_stored(name, (layer.units, layer.in_features), stored,
-                                        lambda w: quantize_blocks(w, block_type), lambda b: scale_fields(b, block_type)))
+        return backend_tensor(as_stored(name, shape, stored, lambda w: quantize_blocks(w, block_type),
+                                        lambda b: scale_fields(b, block_type)))
 
     def q8_0_pair(name, layer):
         "Loaders of the weights and of the scales: the first read keeps the (small) scales for the second."
@@ -186,7 +191,11 @@ def _checked_loaders(model, tensors: Mapping[str, TensorRef]) -> dict:
             weights, scales = q8_0_pair(name, variable)
             loaders[name], loaders[f"{name} (scales)"] = (variable.q8_weights, weights), (variable.q8_scales, scales)
         elif isinstance(variable, Projection):
-            loaders[name] = (variable.blocks, partial(load_blocks, name, variable))
+            shape = (variable.units, variable.in_features)
+            loaders[name] = (variable.blocks, partial(load_blocks, name, BLOCK_TYPES[variable.weights_format], shape))
+        elif isinstance(variable, keras.layers.Layer):   # the embedding table, in blocks
+            shape = (variable.vocab_size, variable.dim)
+            loaders[name] = (variable.embeddings, partial(load_blocks, name, variable.block_type, shape))
         else:
             loaders[name] = (variable, partial(load, name, variable, transposed))
     return loaders
@@ -207,7 +216,8 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
     whose projections hold Q8_0 blocks, read as stored from a Q8_0 GGUF, else quantised tensor by tensor.
     `dtype="gguf"` (a GGUF file): a float32 model whose projections hold each tensor in the file's own
     type (Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K blocks as stored; F32, F16, BF16 in float32); the
-    embedding table is dequantised to float32.
+    embedding table too where the file stores it in blocks, unless it is tied (it is then also the output
+    projection, and goes to float32).
     `dtype="bfloat16"` (without a mesh): projections hold their weights (out, in), as the file does
     ("float_out_in"), which the one-token kernel reads fastest (notebook 12).
 
@@ -239,6 +249,7 @@ def build_model(checkpoint: Checkpoint, dtype: str = "float32", progress: bool |
             model = build_llama(config, dtype="float32" if quantized else dtype, **options)
             if dtype == "gguf":
                 _use_formats(model, pending_variables(), stored_formats(model, checkpoint.tensors))
+                _embedding_as_stored(model, pending_variables(), checkpoint.tensors["tok_embeddings.weight"])
             elif dtype == "q8_0" or (dtype == "bfloat16" and mesh is None):
                 formats = "q8_0" if dtype == "q8_0" else "float_out_in"
                 _use_formats(model, pending_variables(), {layer: formats for layer in projections(model)})
@@ -275,6 +286,16 @@ def _use_formats(model, pending: list, formats: dict):
     pending[:] = [variable for variable in pending if id(variable) not in kernels]   # never initialised
     for layer in changed:
         layer.use_format(formats[layer])
+
+
+def _embedding_as_stored(model, pending: list, ref: TensorRef):
+    """Hold the embedding table of a model whose variables are not yet initialised (`pending`) in the block
+    type its file stores it in, if it does and the table is not tied (`use_blocks`)."""
+    if ref.block_type is None or model.output_projection is None:
+        return
+    embedding = model.tok_embeddings
+    pending[:] = [variable for variable in pending if variable is not embedding.embeddings]   # never initialised
+    use_blocks(embedding, BLOCK_TYPES[ref.block_type])
 
 
 def _initial_value(load, bar, shape, dtype, layout=None):

@@ -35,10 +35,13 @@ class TokenEmbedding(keras.layers.Layer):
         self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim),
                                           initializer=keras.initializers.RandomNormal(stddev=0.02))
 
+    widen = None   # a table held as quantised rows: how its rows become floats (notebook 15's `use_blocks`)
+
     def call(self, inputs, reverse: bool = False):
         if reverse:
             return linear(inputs, self.embeddings, out_in=True)          # (..., dim) -> (..., vocab)
-        return ops.take(self.embeddings, inputs, axis=0)                # (...) -> (..., dim)
+        rows = ops.take(self.embeddings, inputs, axis=0)                # (...) -> (..., dim)
+        return rows if self.widen is None else self.widen(rows)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}

@@ -3,7 +3,8 @@
 `gguf` dequantises to within about half a step of every weight); the backend's dequantisation equals
 `gguf`'s bit for bit; a `Projection` in each format computes with its blocks; `LLM.quantize` and GGUF
 files in these types (ours, and llama.cpp's own Q4_K_M, Q5_K_M, Q6_K, Q4_0 and Q5_1) load held as stored
-(`dtype="gguf"`): the blocks in memory are the file's bytes and the logits those of the dequantised model.
+(`dtype="gguf"`): the blocks in memory are the file's bytes (the embedding table's too, unless it is tied)
+and the logits those of the dequantised model.
 
 Tolerances: dequantisation exact; a prompt through the blocks against the same model loaded dequantised
 to float32, 1e-5 of the logits' scale (float32 products in another order)."""
@@ -130,8 +131,25 @@ def test_a_gguf_in_q4_k_loads_as_stored(directory, tmp_path, token_ids):
     assert max_relative_error(np.asarray(llm.model(token_ids)), np.asarray(dequantised.model(token_ids))) <= 1e-5
     np.testing.assert_array_equal(model_state(llm.model)["layers.1.feed_forward.w2.weight"],
                                   checkpoint.tensors["layers.1.feed_forward.w2.weight"].load())
+    embedding = llm.model.tok_embeddings   # the table too: its blocks held, a lookup's rows dequantised
+    assert embedding.block_type.name == "q4_k"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(embedding.embeddings),
+                                  checkpoint.tensors["tok_embeddings.weight"].load_blocks())
+    table = checkpoint.tensors["tok_embeddings.weight"].load()
+    np.testing.assert_array_equal(model_state(llm.model)["tok_embeddings.weight"], table)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(embedding(token_ids)), table[token_ids])
     llama_cpp = require("llama_cpp")
     assert llama_cpp.Llama(str(path), verbose=False, n_ctx=64, n_threads=2).n_vocab() == 384
+
+
+def test_a_tied_table_stays_in_floats(tmp_path, tiny_tokenizer_proto, token_ids):
+    """A tied table is also the output projection: it is read into float32, and the logits are those of
+    the model dequantised on reading."""
+    tied = write_hf(hf_model(**SHAPE, tie_word_embeddings=True), tmp_path / "hf", tiny_tokenizer_proto)
+    path = write_gguf(tied, tmp_path / "tied-q4_k.gguf", "Q4_K")
+    llm = llama_tf.load(path, dtype="gguf")
+    assert llm.model.output_projection is None and llm.model.tok_embeddings.embeddings.dtype == "float32"
+    assert max_relative_error(np.asarray(llm.model(token_ids)), np.asarray(llama_tf.load(path).model(token_ids))) <= 1e-5
 
 
 def test_dtype_gguf_is_for_gguf_files(directory):
@@ -152,6 +170,8 @@ def test_llama_cpp_files_load_as_stored(directory, tmp_path, token_ids, ftype):
     held = {layer.weights_format for layer in projections(llm.model)}
     assert held == {stored["blk.0.attn_q.weight"], stored["blk.1.ffn_down.weight"], stored.get("output.weight", "q8_0")} - {"f32"}
     assert llm.model.blocks[0].attention.wq.weights_format == stored["blk.0.attn_q.weight"]
+    in_blocks = stored["token_embd.weight"] in BLOCK_TYPES   # Q8_0 and float tables are held in float32
+    assert llm.model.tok_embeddings.embeddings.dtype == ("uint8" if in_blocks else "float32")
     if ftype != "Q8_0":
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(llm.model.blocks[0].attention.wq.blocks),
                                       read_checkpoint(path).tensors["layers.0.attention.wq.weight"].load_blocks())
