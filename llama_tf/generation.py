@@ -232,9 +232,9 @@ class Decoder:
         # The room grows as tokens come (doubling, in blocks), so memory follows the tokens actually
         # generated, not `max_new_tokens` or the context length.
         in_place = self.in_place
-        if in_place and width in self.short_widths:   # TensorFlow: a short prompt in XLA's step
-            cache = new_cache(self.model, len(prompts), 0)
-            capacity = _grow(cache, 0, min(slots, width + 4 * CACHE_BLOCK), in_place)
+        if in_place and width in self.short_widths:   # TensorFlow: a short prompt in XLA's step, on variables
+            capacity = _in_place_slots(min(slots, width + 4 * CACHE_BLOCK))
+            cache = _variables(new_cache(self.model, len(prompts), capacity))
             logits, cache = self.step(ids, cache, np.int32(0), start)
         else:
             logits, cache = self.step(ids, None, np.int32(0), start)
@@ -276,15 +276,24 @@ def _grow(cache: list, length: int, wanted: int, in_place: bool = False) -> int:
     in whole blocks; `in_place` (TensorFlow): to a power of two (each length is an XLA compilation),
     held in variables that the decode step assigns."""
     if in_place:
-        import tensorflow as tf
-
-        target = max(2 * CACHE_BLOCK, 1 << (wanted - 1).bit_length())
-        cache[:] = [(tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
-                    for keys, values in _pad(cache, target - length)]
+        target = _in_place_slots(wanted)
+        cache[:] = _variables(_pad(cache, target - length))
         return target
     target = -(-wanted // CACHE_BLOCK) * CACHE_BLOCK
     cache[:] = (_pad_jax if keras.backend.backend() == "jax" else _pad)(cache, target - length)
     return target
+
+
+def _in_place_slots(wanted: int) -> int:
+    "Slots of a cache in variables for `wanted`: a power of two (each length is an XLA compilation)."
+    return max(2 * CACHE_BLOCK, 1 << (wanted - 1).bit_length())
+
+
+def _variables(cache: list) -> list:
+    "A cache's keys and values as TensorFlow variables, which the decode step assigns in place."
+    import tensorflow as tf
+
+    return [(tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False)) for keys, values in cache]
 
 
 def _pad(cache: list, slots: int) -> list:
