@@ -98,7 +98,7 @@ def rounded_as_llama_cpp(x: np.ndarray, group: int) -> np.ndarray:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(BLOCK_TYPES))
-@pytest.mark.parametrize("m, blocks, n", [(1, 1, 1), (1, 3, 5), (2, 4, 33), (3, 9, 17), (1, 8, 2051)])
+@pytest.mark.parametrize("m, blocks, n", [(1, 1, 1), (1, 3, 5), (2, 4, 33), (3, 9, 17), (32, 2, 19), (1, 8, 2051)])
 def test_block_matvec_equals_the_product_of_x_rounded_as_llama_cpp(m, blocks, n, name, dtype, framework):
     """Each type against `gguf`'s dequantisation of the same bytes, multiplied in float64 by x rounded to
     int8 as llama.cpp rounds it (per 32 values for 32-weight blocks, per 256 for the k-quants): within

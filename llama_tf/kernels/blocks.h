@@ -272,11 +272,96 @@ inline void add_block(const RoundedX& x, int64_t start, const uint8_t* b, Sum& s
     sum.lanes = _mm512_fnmadd_ps(_mm512_mul_ps(scales, _mm512_set1_ps(32.0f)), sums, sum.lanes);
   }
 }
+
+// Several rows of x (a short prompt) against one k-quant super-block: its q and scales unpacked into
+// registers once, then multiplied with each row's 256 int8 (the unpacking, not the products, is most of a
+// one-row block's work). q[c] holds weights 64c..64c+63; scale[c] the scale of each of dpbusd's 16 sums;
+// offset the constant each group of 16 weights loses (Q4_K/Q5_K: dmin · min; Q6_K: 32 · scale).
+struct KBlock {
+  __m512i q[4];
+  __m512 scale[4], offset;
+};
+
+template <int TYPE>
+inline void unpack_kblock(const uint8_t* b, KBlock& u) {
+  if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *scales = b + 4, *qs = b + (TYPE == Q5_K ? 48 : 16);
+    __m256i high = TYPE == Q5_K ? bytes32(b + 16) : _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
+    uint32_t w[4];
+    std::memcpy(w, scales, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    w[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4);
+    uint32_t mins4 = w[1] & low6;
+    w[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);
+    w[2] = mins4;
+    w[0] &= low6;
+    __m512 both = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi32(int(w[3]), int(w[2]), int(w[1]), int(w[0]))));
+    __m512 all = _mm512_mul_ps(both, _mm512_set1_ps(d));   // lanes 0-7: d · scale_j
+    const __m512i mins = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);   // group g: min g / 2
+    u.offset = _mm512_mul_ps(_mm512_permutexvar_ps(mins, both), _mm512_set1_ps(dmin));
+    for (int chunk = 0; chunk < 4; ++chunk) {
+      __m256i packed = bytes32(qs + 32 * chunk), low = nibbles_low(packed), up = nibbles_high(packed);
+      if constexpr (TYPE == Q5_K) {
+        low = _mm256_or_si256(low, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * chunk), one), 4));
+        up = _mm256_or_si256(up, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * chunk + 1), one), 4));
+      }
+      u.q[chunk] = join(low, up);
+      __m512i pair = _mm512_inserti64x4(_mm512_set1_epi32(2 * chunk), _mm256_set1_epi32(2 * chunk + 1), 1);
+      u.scale[chunk] = _mm512_permutexvar_ps(pair, all);
+    }
+  } else {   // Q6_K
+    const uint8_t *ql = b, *qh = b + 128;
+    __m512 scales = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))),
+                                  _mm512_set1_ps(f16_at(b + 208)));
+    const __m512i first = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m256i three = _mm256_set1_epi8(3);
+    for (int n = 0; n < 2; ++n, ql += 64, qh += 32) {
+      __m256i l0 = bytes32(ql), l1 = bytes32(ql + 32), h = bytes32(qh);
+      __m256i run0 = _mm256_or_si256(nibbles_low(l0), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
+      __m256i run1 = _mm256_or_si256(nibbles_low(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
+      __m256i run2 = _mm256_or_si256(nibbles_high(l0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
+      __m256i run3 = _mm256_or_si256(nibbles_high(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
+      u.q[2 * n] = join(run0, run1), u.q[2 * n + 1] = join(run2, run3);
+      __m512i groups = _mm512_add_epi32(first, _mm512_set1_epi32(8 * n));
+      u.scale[2 * n] = _mm512_permutexvar_ps(groups, scales);
+      u.scale[2 * n + 1] = _mm512_permutexvar_ps(_mm512_add_epi32(groups, _mm512_set1_epi32(4)), scales);
+    }
+    u.offset = _mm512_mul_ps(scales, _mm512_set1_ps(32.0f));
+  }
+}
+
+// sums[t] += x_t · the block's 256 weights, for each of the m rows of x.
+inline void add_kblock_rows(const KBlock& u, const RoundedX* xs, int64_t m, int64_t start, __m512* sums) {
+  for (int64_t t = 0; t < m; ++t) {
+    const int8_t* xq = xs[t].q.data() + start;
+    __m512 block = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(xs[t].sums.data() + start / 16)), u.offset);
+    block = _mm512_sub_ps(_mm512_setzero_ps(), block);
+    for (int c = 0; c < 4; ++c) block = _mm512_fmadd_ps(quad_sums(u.q[c], xq + 64 * c), u.scale[c], block);
+    sums[t] = _mm512_fmadd_ps(block, _mm512_set1_ps(xs[t].d[start / 256]), sums[t]);
+  }
+}
+
+// out[t] = x_t · row for the m rows of x, the row's super-blocks unpacked once each.
+template <int TYPE>
+void dot_kblock_row(const std::vector<RoundedX>& xs, const uint8_t* row, int64_t k, float* out, int64_t stride) {
+  std::vector<__m512> sums(xs.size(), _mm512_setzero_ps());
+  KBlock u;
+  for (int64_t start = 0, offset = 0; start < k; start += 256, offset += block_bytes(TYPE)) {
+    unpack_kblock<TYPE>(row + offset, u);
+    add_kblock_rows(u, xs.data(), int64_t(xs.size()), start, sums.data());
+  }
+  for (size_t t = 0; t < xs.size(); ++t) out[t * stride] = _mm512_reduce_add_ps(sums[t]);
+}
+constexpr bool several_rows_unpacked_once(int type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
 #else
 template <int TYPE>
 inline void add_block(const RoundedX& x, int64_t start, const uint8_t* block, Sum& sum) {
   add_block_unpacked<TYPE>(x, start, block, sum);
 }
+template <int TYPE>
+void dot_kblock_row(const std::vector<RoundedX>&, const uint8_t*, int64_t, float*, int64_t) {}
+constexpr bool several_rows_unpacked_once(int) { return false; }
 #endif
 
 inline const char* blocks_mismatch(int type, int64_t k, int64_t row_bytes) {
@@ -310,6 +395,11 @@ void matvec_blocks_of(const Pool& pool, const std::vector<float>& xf, const uint
   std::vector<float> out(m * n);
   parallel(pool, count, [&](int64_t id) {
     auto [begin, end] = part(n, 16, id, count);
+    if (m > 1 && several_rows_unpacked_once(TYPE)) {
+      for (int64_t j = begin; j < end; ++j) dot_kblock_row<TYPE>(xs, w + j * row_bytes, k, &out[j], n);
+      for (int64_t t = 0; t < m; ++t) store(y, t * n, out.data() + t * n, begin, end);
+      return;
+    }
     in_sub_bands(begin, end, [&](auto streams, const int64_t* js) {
       constexpr int S = decltype(streams)::value;
       const uint8_t* rows[S];
