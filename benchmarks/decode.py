@@ -63,9 +63,11 @@ TASK_ENV = {"llama_tf_plain": {"LLAMA_TF_KERNELS": "0"},
             "kernel_bandwidth": {"KERAS_BACKEND": "jax"}}
 # The 8B model on 2 cores: a shorter prefill, fewer new tokens, batch 1, one timed run (minutes per peer).
 # In float32 it would need 30 GiB: bfloat16 only.
-RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16",))}
+RUNS = {"llama3.1-8b": dict(prefill=64, batches=(1,), repeats=1, new_tokens=8, dtypes=("bfloat16", "q4_k_m"))}
 PREFILL_TOKENS, PROMPT_TOKENS, BATCH = 512, 32, 8
-QUANTISED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}   # made by llama.cpp from the float32 GGUF
+# Made by llama.cpp from the float32 GGUF (the Llama 3 shapes: from the bfloat16 one, as their checkpoints are;
+# the 8B's float32 GGUF would be 32 GB).
+QUANTISED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,8 +397,8 @@ def make_gguf(model_dir: Path, dtype: str, tokenizer: Path, **_) -> dict:
     return {}
 
 
-def quantize(model_dir: Path, dtype: str, **_) -> dict:
-    "model-<dtype>.gguf from model-float32.gguf, by llama.cpp's quantizer (the gguf package cannot write K-quants)."
+def quantize(model_dir: Path, dtype: str, source: str = "float32", **_) -> dict:
+    "model-<dtype>.gguf from model-<source>.gguf, by llama.cpp's quantizer (the gguf package cannot write K-quants)."
     import ctypes
 
     import llama_cpp
@@ -404,7 +406,7 @@ def quantize(model_dir: Path, dtype: str, **_) -> dict:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTISED[dtype])
     params.nthread = os.cpu_count()
-    source, target = model_dir / "model-float32.gguf", model_dir / f"model-{dtype}.gguf"
+    source, target = model_dir / f"model-{source}.gguf", model_dir / f"model-{dtype}.gguf"
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
         raise RuntimeError(f"llama.cpp could not quantise {source} to {dtype}")
     return {}
@@ -607,9 +609,10 @@ def main(argv=None) -> int:
             # Llama 3 shapes carry their tokenizer.json (written with the weights), as downloads do.
             tokenizer = model_dir / "tokenizer.json" if shape in SHARDED else args.tokenizer
             if dtype in QUANTISED and not (model_dir / f"model-{dtype}.gguf").exists():
-                if not (model_dir / "model-float32.gguf").exists():
-                    run_task("make_gguf", model_dir=model_dir, dtype="float32", tokenizer=tokenizer)
-                run_task("quantize", model_dir=model_dir, dtype=dtype)
+                gguf_source = "bfloat16" if shape in SHARDED else "float32"
+                if not (model_dir / f"model-{gguf_source}.gguf").exists():
+                    run_task("make_gguf", model_dir=model_dir, dtype=gguf_source, tokenizer=tokenizer)
+                run_task("quantize", model_dir=model_dir, dtype=dtype, source=gguf_source)
             if dtype in QUANTISED:   # read as stored: the file's bytes
                 total, per_token = gguf_bytes(model_dir / f"model-{dtype}.gguf")
             for round_, peer in [(r, p) for r in range(args.rounds) for p in args.peers.split(",")]:
