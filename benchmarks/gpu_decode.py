@@ -13,8 +13,10 @@ by transformers (seeded) for each shape; every peer runs in its own process, gre
   measured device-to-device copy (bytes read + written per second).
 
 Peers: transformers eager (its dynamic cache), transformers with its static cache and
-`torch.compile`, keras-hub's `LlamaCausalLM` on JAX (XLA, the whole generation in one loop). The
-first 8 greedy tokens after the first prompt are compared between peers.
+`torch.compile`, keras-hub's `LlamaCausalLM` on JAX (XLA, the whole generation in one loop), and a
+gpt-fast-style PyTorch decoder (`gpt_fast_decoder.py`: static cache, fused projections, the one-token
+step compiled with CUDA graphs). The first 8 greedy tokens after the first prompt are compared between
+peers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from decode import SHAPES, keras_hub_causal_lm, keras_hub_generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_SHAPES = ["tinyllama-1.1b", "llama3.2-1b"]
-PEERS = ["llama_tf", "transformers", "transformers_compiled", "keras_hub"]   # also: llama_tf_reference
+PEERS = ["llama_tf", "gpt_fast", "transformers", "transformers_compiled", "keras_hub"]   # also: llama_tf_reference
 PROMPTS, BATCHES = (128, 2048), (1, 8, 64)
 
 
@@ -106,6 +108,16 @@ def worker_transformers(model_dir: Path, new_tokens: int, compiled: bool = False
     return measure(generate, model.config.vocab_size, new_tokens, batches=(1, 8) if compiled else BATCHES)
 
 
+def worker_gpt_fast(model_dir: Path, new_tokens: int, **_) -> dict:
+    "The gpt-fast-style decoder: the cache sized for the longest prompt and generation, so each batch compiles once."
+    import gpt_fast_decoder
+
+    model = gpt_fast_decoder.load(model_dir)
+    generate = gpt_fast_decoder.Generator(model, slots=-(-(max(PROMPTS) + new_tokens) // 128) * 128)
+    # CUDA graphs are captured per batch size (about a minute each): batch 1 and 8 only.
+    return measure(generate, model.vocab, new_tokens, batches=(1, 8))
+
+
 def worker_keras_hub(model_dir: Path, new_tokens: int, **_) -> dict:
     os.environ["KERAS_BACKEND"] = "jax"
     hf = json.loads((model_dir / "config.json").read_text())
@@ -149,7 +161,7 @@ def make_weights(model_dir: Path, shape: str, **_) -> dict:
 
 TASKS = {"llama_tf": worker_llama_tf, "transformers": worker_transformers,
          "transformers_compiled": lambda **kw: worker_transformers(compiled=True, **kw),
-         "keras_hub": worker_keras_hub,
+         "keras_hub": worker_keras_hub, "gpt_fast": worker_gpt_fast,
          "llama_tf_reference": lambda **kw: worker_llama_tf(attention_impl="reference", **kw),
          "bandwidth": worker_bandwidth, "make_weights": make_weights}
 
