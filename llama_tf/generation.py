@@ -25,7 +25,7 @@ from llama_tf.sampling import Sampler, is_int
 __all__ = ["Decoder", "TextStream", "compiled_step"]
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple of this (fewer distinct shapes)
-GREEDY_STEPS = 16  # greedy decode steps per compiled call on JAX
+GREEDY_STEPS = 16  # greedy decode steps per compiled call at most (JAX, TensorFlow's XLA)
 XLA_MAX_PARAMETERS = 500_000_000  # TensorFlow: XLA decode steps for float32 models below this (Decoder)
 
 
@@ -101,15 +101,17 @@ def _step_in_place(model: keras.Model, ids, cache: list, index, start):
 
 
 def compiled_greedy_steps(model: keras.Model):
-    """`steps(ids, cache, index, start, n) -> (tokens (n, batch), cache)`: n greedy decode steps in one
-    compiled loop, each feeding the token the last one picked, so the host waits once per n tokens
-    instead of once per token: on JAX a `lax.fori_loop`; on TensorFlow a `tf.while_loop` that XLA
-    compiles, on a cache held in variables (`_step_in_place`). None on PyTorch."""
+    """`steps(ids, cache, index, start, n) -> (tokens (GREEDY_STEPS, batch), cache)`: n ≤ GREEDY_STEPS
+    greedy decode steps in one compiled loop, each feeding the token the last one picked, so the host
+    waits once per n tokens instead of once per token; the first n rows of `tokens` are the picks. n is
+    an argument of the compiled loop, not a constant: a generation's last call computes only the tokens
+    it needs, without compiling again. On JAX a `lax.fori_loop`; on TensorFlow a `tf.while_loop` that
+    XLA compiles, on a cache held in variables (`_step_in_place`). None on PyTorch."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         looped = tf.function(functools.partial(_greedy_in_place, model), jit_compile=True)
-        return lambda ids, cache, index, start, n: (looped(ids, cache, index, start, n), cache)
+        return lambda ids, cache, index, start, n: (looped(ids, cache, index, start, np.int32(n)), cache)
     if keras.backend.backend() != "jax":
         return None
     import jax
@@ -121,29 +123,30 @@ def compiled_greedy_steps(model: keras.Model):
             picked = jax.numpy.argmax(logits, axis=-1).astype("int32")
             return picked[:, None], cache, tokens.at[i].set(picked)
 
-        tokens = jax.numpy.zeros((n, ids.shape[0]), "int32")
+        tokens = jax.numpy.zeros((GREEDY_STEPS, ids.shape[0]), "int32")
         _, cache, tokens = jax.lax.fori_loop(0, n, body, (ids, cache, tokens))
         return tokens, cache
-    return jit_with_weights(model, steps, donated=1, static=4)
+    compiled = jit_with_weights(model, steps, donated=1)
+    return lambda ids, cache, index, start, n: compiled(ids, cache, index, start, np.int32(n))
 
 
-def _greedy_in_place(model: keras.Model, ids, cache: list, index, start, n: int):
-    "`n` greedy `_step_in_place` steps in a `tf.while_loop`: the tokens picked, (n, batch)."
+def _greedy_in_place(model: keras.Model, ids, cache: list, index, start, n):
+    "`n` greedy `_step_in_place` steps in a `tf.while_loop`: the tokens picked, (GREEDY_STEPS, batch)."
     import tensorflow as tf
 
     def body(i, ids, tokens):
         picked = tf.argmax(_step_in_place(model, ids, cache, index + i, start), axis=-1, output_type=tf.int32)
-        return i + 1, picked[:, None], tokens.write(i, picked)
+        return i + 1, picked[:, None], tf.tensor_scatter_nd_update(tokens, [[i]], picked[None])
 
-    tokens = tf.TensorArray(tf.int32, size=n)
+    tokens = tf.zeros((GREEDY_STEPS, ids.shape[0]), tf.int32)
     _, _, tokens = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), ids, tokens))
-    return tokens.stack()
+    return tokens
 
 
-def jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = None):
+def jit_with_weights(model: keras.Model, fn, donated: int):
     """`jax.jit` of `fn(*args)`, which calls `model`, with the model's weights passed in as arguments
     (bound by a `keras.StatelessScope`) rather than baked into the program as constants. `fn`'s
-    argument number `donated` gives its buffers to the result; number `static` is a Python value."""
+    argument number `donated` gives its buffers to the result."""
     import jax
 
     variables = model.variables
@@ -152,7 +155,7 @@ def jit_with_weights(model: keras.Model, fn, donated: int, static: int | None = 
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return fn(*args)
 
-    jitted = jax.jit(pure, donate_argnums=donated + 1, static_argnums=() if static is None else static + 1)
+    jitted = jax.jit(pure, donate_argnums=donated + 1)
     return lambda *args: jitted([v.value for v in variables], *args)
 
 
@@ -239,7 +242,8 @@ class Decoder:
         else:
             logits, cache = self.step(ids, None, np.int32(0), start)
             capacity = _grow(cache, width, min(slots, width + 4 * CACHE_BLOCK), in_place)
-        # Greedy on JAX: GREEDY_STEPS tokens per compiled call (tokens past a stop are computed, not yielded).
+        # Greedy (JAX, TensorFlow's XLA): up to GREEDY_STEPS tokens per compiled call (tokens past a stop are
+        # computed, not yielded).
         looped = self.greedy_steps is not None and (in_place or keras.backend.backend() == "jax")
         chunk = GREEDY_STEPS if looped and sampler.temperature == 0 and not vocab_size else 1
         if vocab_size:
@@ -261,9 +265,10 @@ class Decoder:
             if chunk == 1:
                 logits, cache = self.step(fed, cache, np.int32(slot), start)
                 tokens = sampler(logits)[None]
-            else:
-                tokens, cache = self.greedy_steps(fed, cache, np.int32(slot), start, chunk)
-                tokens = to_numpy(tokens)
+            else:   # no more steps than the longest row still needs
+                steps = min(chunk, int((budget - step)[~finished].max()))
+                tokens, cache = self.greedy_steps(fed, cache, np.int32(slot), start, steps)
+                tokens = to_numpy(tokens)[:steps]
 
 
 def _pick_within(sampler: Sampler, vocab_size: int, logits):
