@@ -138,6 +138,8 @@ def test_a_gguf_in_q4_k_loads_as_stored(directory, tmp_path, token_ids):
     table = checkpoint.tensors["tok_embeddings.weight"].load()
     np.testing.assert_array_equal(model_state(llm.model)["tok_embeddings.weight"], table)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(embedding(token_ids)), table[token_ids])
+    prompt = np.random.default_rng(1).integers(3, 384, size=40).tolist()   # past the short widths: a traced prefill
+    assert llm.generate_ids(prompt, 1, stop_ids=()) == dequantised.generate_ids(prompt, 1, stop_ids=())
     llama_cpp = require("llama_cpp")
     assert llama_cpp.Llama(str(path), verbose=False, n_ctx=64, n_threads=2).n_vocab() == 384
 

@@ -270,11 +270,11 @@ def _blocks_32(b, block_type):
     "Q4_0, Q5_0, Q5_1 blocks (..., bytes) -> weights (..., 32)."
     d = half_floats(b[..., 0], b[..., 1])
     start = {"q4_0": 2, "q5_0": 6, "q5_1": 8}[block_type.name]
-    q = ops.reshape(nibbles(b[..., start:start + 16]), (*b.shape[:-1], 32))
+    q = ops.reshape(nibbles(b[..., start:start + 16]), (-1, *b.shape[1:-1], 32))
     if block_type.name == "q4_0":
         return ops.expand_dims(d, -1) * ops.cast(q - 8, "float32")
     high = b[..., 2:6] if block_type.name == "q5_0" else b[..., 4:8]        # bit i: weight i's fifth bit
-    fifth = ops.reshape(ops.swapaxes(bits_of(high, 8), -1, -2), (*b.shape[:-1], 32))
+    fifth = ops.reshape(ops.swapaxes(bits_of(high, 8), -1, -2), (-1, *b.shape[1:-1], 32))
     q = ops.cast(ops.bitwise_or(q, ops.left_shift(fifth, 4)), "float32")
     if block_type.name == "q5_0":
         return ops.expand_dims(d, -1) * (q - 16.0)
@@ -283,7 +283,7 @@ def _blocks_32(b, block_type):
 # %% ../../notebooks/15_k_quants.ipynb #99eb0f2a
 def _blocks_k(b, block_type):
     "Q4_K and Q5_K super-blocks (..., bytes) -> weights (..., 256)."
-    lead = b.shape[:-1]
+    lead = (-1, *b.shape[1:-1])   # the first size may be unknown while tracing (a prompt's rows)
     d, dmin = half_floats(b[..., 0], b[..., 1]), half_floats(b[..., 2], b[..., 3])
     s0, s1, s2 = b[..., 4:8], b[..., 8:12], b[..., 12:16]                   # 6-bit scales and mins, packed
     scale = ops.concatenate([ops.bitwise_and(s0, 63),
@@ -301,7 +301,7 @@ def _blocks_k(b, block_type):
 # %% ../../notebooks/15_k_quants.ipynb #dac2f6ee
 def _blocks_q6_k(b, block_type):
     "Q6_K super-blocks (..., 210) -> weights (..., 256)."
-    lead = b.shape[:-1]
+    lead = (-1, *b.shape[1:-1])
     low, high = ops.reshape(b[..., :128], (*lead, 2, 2, 32)), ops.reshape(b[..., 128:192], (*lead, 2, 1, 32))
     # each half of 128 weights is four runs of 32: the low nibbles of its first 32 bytes, of the next 32,
     # then their high nibbles; each with two more bits from the high bytes (bits 0-1, 2-3, 4-5, 6-7)
@@ -320,9 +320,9 @@ _UNPACK = {"q4_0": _blocks_32, "q5_0": _blocks_32, "q5_1": _blocks_32, "q4_k": _
 
 def dequantize_blocks(blocks, block_type: BlockType, dtype="float32"):
     "uint8 blocks (out, row bytes) of `block_type` -> the weights (out, in) in `dtype`, as a backend tensor."
-    rows = blocks.shape[0]
-    b = ops.reshape(ops.cast(blocks, "int32"), (rows, -1, block_type.bytes))
-    return ops.cast(ops.reshape(_UNPACK[block_type.name](b, block_type), (rows, -1)), dtype)
+    per_row = blocks.shape[1] // block_type.bytes
+    b = ops.reshape(ops.cast(blocks, "int32"), (-1, per_row, block_type.bytes))
+    return ops.cast(ops.reshape(_UNPACK[block_type.name](b, block_type), (-1, per_row * block_type.weights)), dtype)
 
 # %% ../../notebooks/15_k_quants.ipynb #c8ed70c7
 BLOCK_KERNEL_ROWS = 32   # up to this many rows (a short prompt) the kernel reads the blocks once for all of them
@@ -387,6 +387,5 @@ def use_blocks(embedding, block_type: BlockType):
 
 def widen_blocks(rows, block_type: BlockType):
     "Rows of blocks (..., bytes) -> their weights (..., in), float32."
-    lead = rows.shape[:-1]
-    weights = dequantize_blocks(ops.reshape(rows, (math.prod(lead), rows.shape[-1])), block_type)
-    return ops.reshape(weights, (*lead, weights.shape[-1]))
+    weights = dequantize_blocks(ops.reshape(rows, (-1, rows.shape[-1])), block_type)
+    return ops.reshape(weights, (*ops.shape(rows)[:-1], weights.shape[-1]))   # sizes known only when run, too
