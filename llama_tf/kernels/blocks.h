@@ -384,7 +384,8 @@ void dot_block_rows(const RoundedX& x, const uint8_t* const* rows, int64_t k, fl
 // y (m, n) = x (m, k) · Wᵀ for W's n rows stored as blocks of TYPE (k / block_weights · block_bytes bytes
 // each): each thread a band of rows, read in sub-bands side by side (matvec_n_k), each sub-band's rows
 // multiplied with every row of x while they are in the cache: W comes from memory once for all m rows (a
-// short prompt costs m times the arithmetic of one token, not m times its memory traffic).
+// short prompt costs m times the arithmetic of one token, not m times its memory traffic). With several
+// rows of x, a k-quant row's super-blocks are unpacked once each for all of them (dot_kblock_row).
 template <int TYPE>
 void matvec_blocks_of(const Pool& pool, const std::vector<float>& xf, const uint8_t* w, int64_t m, int64_t k,
                       int64_t n, Floats y) {
