@@ -34,8 +34,9 @@ def compiled_step(model: keras.Model):
     `cache` None is the prefill's empty cache (made inside the compiled function on JAX).
 
     - TensorFlow: one `tf.function` with free batch, sequence and cache lengths, traced once, for the
-      prefill and decode steps; a batch of one token traced apart, inside `kernels.graph_step()`, so
-      that its products are llama_tf's compiled ops where they are built (notebook 12); decode steps on
+      prefill and decode steps; a batch of one token traced apart; both inside `kernels.graph_step()`, so
+      that one token's products (and the prompt's last position's) are llama_tf's compiled ops where they
+      are built (notebook 12); decode steps on
       a cache held in `tf.Variable`s (`_in_place`) run under XLA instead, compiled once per batch size
       and cache capacity.
     - JAX: `jax.jit` of a pure function of the weights, compiled once per shape: the prefill's, and the
@@ -52,8 +53,10 @@ def compiled_step(model: keras.Model):
         kv = tf.TensorSpec((None, attention.n_kv_heads, None, attention.head_dim), attention.compute_dtype)
         signature = [tf.TensorSpec((None, None), tf.int32), [(kv, kv)] * len(blocks),
                      tf.TensorSpec((), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        traced = tf.function(lambda ids, cache, index, start: call_with_cache(model, ids, cache, index, start),
-                             input_signature=signature)
+        def traced(ids, cache, index, start):
+            with kernels.graph_step():   # rows the ops take (a prompt's last position) go to them
+                return call_with_cache(model, ids, cache, index, start)
+        traced = tf.function(traced, input_signature=signature)
 
         def one_token(ids, cache, index, start):
             with kernels.graph_step():
@@ -68,7 +71,7 @@ def compiled_step(model: keras.Model):
             if cache is not None and ids.shape == (1, 1) and kernels.tensorflow_ops() is not None:
                 return one_token(ids, cache, index, start)
             return traced(ids, new_cache(model, len(ids), 0) if cache is None else cache, index, start)
-        step.in_place = in_place   # for looking at its compilations
+        step.in_place, step.traced = in_place, traced   # for looking at their compilations
         return step
     if backend == "jax":
         def step(ids, cache, index, start):

@@ -293,6 +293,33 @@ def test_graph_step_ops_equal_plain_steps(directory, token_ids, dtype):
     np.testing.assert_array_equal(texts[0], texts[1])
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's prompt graph")
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_k"])
+def test_the_prompt_graph_picks_the_ops_for_few_rows(directory, token_ids, dtype):
+    """On TensorFlow, the Decoder's prompt graph (traced once for any batch and length) holds, for every
+    quantised projection, a choice made when it runs: llama_tf's op where the rows are few (a prompt's
+    last position through the output projection; up to 32 rows for the blocks), else TensorFlow's product of
+    the dequantised weights. Either way the logits equal those of a graph without the ops."""
+    from llama_tf import kernels
+    from llama_tf.generation import compiled_step
+
+    assert kernels.tensorflow_ops() is not None, "the TensorFlow ops could not be built on this machine"
+    llm = model_in(directory, dtype)
+    step = compiled_step(llm.model)
+    library = step.traced.get_concrete_function().graph.as_graph_def().library.function
+    used = [node.op for function in library for node in function.node_def if node.op.startswith("LlamaTf")]
+    assert len(used) == 7 * len(llm.model.blocks) + 1                  # each block's seven and the output's
+    prompts = [(np.repeat(token_ids[:, :12].astype("int32"), batch, axis=0), None, np.int32(0), np.zeros(batch, "int32"))
+               for batch in (1, 2)]   # Q8_0 at batch 2: the output's two rows go to TensorFlow's product
+    ours = [np.asarray(step(*prompt)[0]) for prompt in prompts]
+    with pytest.MonkeyPatch.context() as patch:   # traced (at its first call) without the ops
+        patch.setattr(kernels, "tensorflow_ops", lambda: None)
+        plain = compiled_step(llm.model)
+        expected = [np.asarray(plain(*prompt)[0]) for prompt in prompts]
+    for logits, reference in zip(ours, expected):
+        assert max_relative_error(logits, reference) <= TOLERANCE[dtype]   # as above: x rounded by the kernels
+
+
 @pytest.mark.skipif(keras.backend.backend() not in ("jax", "tensorflow"), reason="the kernels run on JAX and TensorFlow")
 def test_kernel_steps_take_short_prompts_in_blocks(directory, token_ids, monkeypatch):
     """With llama.cpp's blocks a prompt of up to 32 tokens goes to the kernel too (which reads each block

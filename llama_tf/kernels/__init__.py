@@ -173,8 +173,10 @@ def _tracing(step: str):
 
 
 def graph_step():
-    """While tracing a TensorFlow graph inside this, one-token products go to the TensorFlow ops. Only
-    the `Decoder`'s one-token graph step enters it: a function XLA compiles cannot contain them."""
+    """While tracing a TensorFlow graph inside this, one-token products go to the TensorFlow ops, and in a
+    graph traced for any batch, products whose rows turn out few when it runs (`layers.projection.kernel_or`).
+    Only the `Decoder`'s graph steps enter it (its one-token step and its prompt's): a function XLA compiles
+    cannot contain the ops."""
     return _tracing("graph")
 
 
