@@ -73,6 +73,47 @@ def test_graph_decode_steps_give_what_xla_steps_give(llm):
     np.testing.assert_array_equal(steps[0], steps[1])
 
 
+class Recording(Sampler):
+    "Greedy, keeping each step's logits; a step per call (as any sampler other than greedy's)."
+
+    def __init__(self):
+        super().__init__(temperature=1.0)
+        self.logits = []
+
+    def __call__(self, logits):
+        self.logits.append(np.asarray(logits))
+        return np.argmax(self.logits[-1], axis=-1).astype("int32")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's cache in variables")
+def test_short_prompts_reuse_free_cache_variables_and_never_shared_ones(llm):
+    """A short prompt's cache variables go back to the Decoder when its generation ends; the next one of
+    that batch and length takes them as they were left (an earlier, longer generation's keys and values past
+    its own slots) and computes a fresh Decoder's logits. Two generations running at once hold one set each."""
+    prompts = [tokens(llm, p) for p in PROMPTS]
+
+    def run(decoder, prompt):
+        sampler = Recording()
+        return decoder([prompt], 12, sampler, stop_ids=()), sampler.logits
+
+    decoder = Decoder(llm.model, llm.config.max_seq_len)
+    assert decoder.in_place and max(len(p) for p in prompts) <= max(decoder.short_widths)
+    assert list(decoder(prompts[2:], 40, Sampler(), stop_ids=()))   # writes slots the others' prompts do not
+    (key, held), = decoder._free_caches.items()
+    expected = []
+    for prompt in prompts:
+        steps, logits = run(Decoder(llm.model, llm.config.max_seq_len), prompt)
+        expected.append((list(steps), np.stack(logits)))
+        steps, logits = run(decoder, prompt)
+        assert list(steps) == expected[-1][0] and max_relative_error(np.stack(logits), expected[-1][1]) <= 1e-6
+        assert decoder._free_caches[key] is held                   # the same variables, not made again
+    (first, first_logits), (second, second_logits) = run(decoder, prompts[0]), run(decoder, prompts[1])
+    together = list(zip(first, second))                             # their steps alternate
+    assert [a for a, _ in together] == expected[0][0] and [b for _, b in together] == expected[1][0]
+    assert max_relative_error(np.stack(first_logits), expected[0][1]) <= 1e-6
+    assert max_relative_error(np.stack(second_logits), expected[1][1]) <= 1e-6
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="PyTorch decodes one eager step per call")
 def test_greedy_steps_in_one_compiled_loop_equal_single_steps(llm):
     """Greedy decoding by GREEDY_STEPS tokens per compiled loop (JAX's `fori_loop`, TensorFlow's XLA
