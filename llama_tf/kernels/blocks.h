@@ -197,6 +197,18 @@ inline __m256i nibbles_low(__m256i v) { return _mm256_and_si256(v, _mm256_set1_e
 inline __m256i nibbles_high(__m256i v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
 inline __m512i join(__m256i low, __m256i high) { return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1); }
 
+// A Q4_K/Q5_K super-block's 12 bytes of 6-bit scales and mins as 16 bytes, the 8 scales then the 8 mins
+// (llama.cpp's bit-parallel unpacking), into u.
+inline void scales_and_mins(const uint8_t* packed, uint32_t u[4]) {
+  std::memcpy(u, packed, 12);
+  const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+  u[3] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
+  uint32_t mins4 = u[1] & low6;
+  u[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
+  u[2] = mins4;
+  u[0] &= low6;
+}
+
 // 16 int32 sums of four products of unsigned q (64 bytes) and x (64 int8), as float32.
 inline __m512 quad_sums(__m512i q, const int8_t* x) {
   return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x)));
@@ -225,15 +237,8 @@ inline void add_block(const RoundedX& x, int64_t start, const uint8_t* b, Sum& s
     float dx = x.d[start / 256], d = f16_at(b) * dx, dmin = f16_at(b + 2) * dx;
     const uint8_t *scales = b + 4, *qs = b + (TYPE == Q5_K ? 48 : 16);
     __m256i high = TYPE == Q5_K ? bytes32(b + 16) : _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
-    // the 8 scales and 8 mins as 16 bytes (llama.cpp's bit-parallel unpacking of the 12), then as vectors
     uint32_t u[4];
-    std::memcpy(u, scales, 12);
-    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
-    u[3] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
-    uint32_t mins4 = u[1] & low6;
-    u[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
-    u[2] = mins4;
-    u[0] &= low6;
+    scales_and_mins(scales, u);
     __m128i both = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
     __m256 scale8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(both)), _mm256_set1_ps(d));
     __m256i mins = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(both, 8)),
@@ -289,13 +294,7 @@ inline void unpack_kblock(const uint8_t* b, KBlock& u) {
     const uint8_t *scales = b + 4, *qs = b + (TYPE == Q5_K ? 48 : 16);
     __m256i high = TYPE == Q5_K ? bytes32(b + 16) : _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
     uint32_t w[4];
-    std::memcpy(w, scales, 12);
-    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
-    w[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4);
-    uint32_t mins4 = w[1] & low6;
-    w[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);
-    w[2] = mins4;
-    w[0] &= low6;
+    scales_and_mins(scales, w);
     __m512 both = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi32(int(w[3]), int(w[2]), int(w[1]), int(w[0]))));
     __m512 all = _mm512_mul_ps(both, _mm512_set1_ps(d));   // lanes 0-7: d · scale_j
     const __m512i mins = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);   // group g: min g / 2
