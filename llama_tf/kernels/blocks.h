@@ -209,6 +209,17 @@ inline void scales_and_mins(const uint8_t* packed, uint32_t u[4]) {
   u[0] &= low6;
 }
 
+// Half a Q6_K super-block, its 64 bytes of low nibbles ql and 32 of high bits qh, as its four runs of 32
+// unsigned q (0..63): the low nibbles of ql's first 32 bytes, of its next 32, then their high nibbles, each
+// with two more bits from qh (bits 0-1, 2-3, 4-5, 6-7).
+inline void q6_k_runs(const uint8_t* ql, const uint8_t* qh, __m256i run[4]) {
+  const __m256i three = _mm256_set1_epi8(3), l0 = bytes32(ql), l1 = bytes32(ql + 32), h = bytes32(qh);
+  run[0] = _mm256_or_si256(nibbles_low(l0), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
+  run[1] = _mm256_or_si256(nibbles_low(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
+  run[2] = _mm256_or_si256(nibbles_high(l0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
+  run[3] = _mm256_or_si256(nibbles_high(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
+}
+
 // 16 int32 sums of four products of unsigned q (64 bytes) and x (64 int8), as float32.
 inline __m512 quad_sums(__m512i q, const int8_t* x) {
   return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x)));
@@ -261,17 +272,13 @@ inline void add_block(const RoundedX& x, int64_t start, const uint8_t* b, Sum& s
     __m512 scales = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))),
                                   _mm512_set1_ps(f16_at(b + 208) * x.d[start / 256]));
     const __m512i first = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);   // lanes -> groups of 16
-    __m256i three = _mm256_set1_epi8(3);
     for (int n = 0; n < 2; ++n, ql += 64, qh += 32) {
-      __m256i l0 = bytes32(ql), l1 = bytes32(ql + 32), h = bytes32(qh);
-      __m256i run0 = _mm256_or_si256(nibbles_low(l0), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
-      __m256i run1 = _mm256_or_si256(nibbles_low(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
-      __m256i run2 = _mm256_or_si256(nibbles_high(l0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
-      __m256i run3 = _mm256_or_si256(nibbles_high(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
+      __m256i run[4];
+      q6_k_runs(ql, qh, run);
       __m512i groups = _mm512_add_epi32(first, _mm512_set1_epi32(8 * n));
-      sum.lanes = _mm512_fmadd_ps(quad_sums(join(run0, run1), xq + 128 * n), _mm512_permutexvar_ps(groups, scales), sum.lanes);
+      sum.lanes = _mm512_fmadd_ps(quad_sums(join(run[0], run[1]), xq + 128 * n), _mm512_permutexvar_ps(groups, scales), sum.lanes);
       groups = _mm512_add_epi32(groups, _mm512_set1_epi32(4));
-      sum.lanes = _mm512_fmadd_ps(quad_sums(join(run2, run3), xq + 128 * n + 64), _mm512_permutexvar_ps(groups, scales), sum.lanes);
+      sum.lanes = _mm512_fmadd_ps(quad_sums(join(run[2], run[3]), xq + 128 * n + 64), _mm512_permutexvar_ps(groups, scales), sum.lanes);
     }
     __m512 sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(xsum));   // the 16 groups' sums of x
     sum.lanes = _mm512_fnmadd_ps(_mm512_mul_ps(scales, _mm512_set1_ps(32.0f)), sums, sum.lanes);
@@ -314,14 +321,10 @@ inline void unpack_kblock(const uint8_t* b, KBlock& u) {
     __m512 scales = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))),
                                   _mm512_set1_ps(f16_at(b + 208)));
     const __m512i first = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    __m256i three = _mm256_set1_epi8(3);
     for (int n = 0; n < 2; ++n, ql += 64, qh += 32) {
-      __m256i l0 = bytes32(ql), l1 = bytes32(ql + 32), h = bytes32(qh);
-      __m256i run0 = _mm256_or_si256(nibbles_low(l0), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
-      __m256i run1 = _mm256_or_si256(nibbles_low(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
-      __m256i run2 = _mm256_or_si256(nibbles_high(l0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
-      __m256i run3 = _mm256_or_si256(nibbles_high(l1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
-      u.q[2 * n] = join(run0, run1), u.q[2 * n + 1] = join(run2, run3);
+      __m256i run[4];
+      q6_k_runs(ql, qh, run);
+      u.q[2 * n] = join(run[0], run[1]), u.q[2 * n + 1] = join(run[2], run[3]);
       __m512i groups = _mm512_add_epi32(first, _mm512_set1_epi32(8 * n));
       u.scale[2 * n] = _mm512_permutexvar_ps(groups, scales);
       u.scale[2 * n + 1] = _mm512_permutexvar_ps(_mm512_add_epi32(groups, _mm512_set1_epi32(4)), scales);
