@@ -183,7 +183,7 @@ def waiting_for(x, stored):
     prompt step would otherwise be free to dequantise every matrix first and hold them all at once."""
     return stored + ops.cast(ops.sum(x[..., :1]) * 0, stored.dtype)
 
-
+# %% ../../notebooks/12_decoding_speed.ipynb #bfba2771
 class Q8_0Blocks(WeightFormat):
     "`q8_weights` int8 (units, in) and `q8_scales` float16 (units, in // 32), llama.cpp's Q8_0; not trained."
     name, variables, quantized = "q8_0", ("q8_weights", "q8_scales"), True
